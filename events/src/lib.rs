@@ -1,0 +1,19 @@
+//! Keel's shared core. Every other crate builds on it; it depends on none of them.
+//!
+//! Pipeline: command -> **decide** -> **event log** (Postgres, also the outbox) ->
+//! publisher -> JetStream -> projectors / relay -> Redis -> WebSocket.
+//!
+//! - [`ids`]: identity and ordering newtypes (`UserId`, `StreamId`, `Version`, `Position`…).
+//! - [`domain`]: the User and Post aggregates as pure `decide`/`apply`, their events and
+//!   the validated input values.
+//! - [`event_log`]: append with optimistic concurrency and no-skip reads by position.
+//! - [`envelope`]: the CloudEvents 1.0 form of a logged event.
+//! - [`MIGRATOR`]: the schema, owned by `events/migrations`.
+
+pub mod domain;
+pub mod envelope;
+pub mod event_log;
+pub mod ids;
+
+/// Every table Keel owns. Run on start by each binary; safe to run concurrently.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
