@@ -1,1 +1,224 @@
-//! placeholder
+//! The command API: where commands enter Keel.
+//!
+//! Pipeline: **HTTP command** -> decide (`events::domain`) -> **event log** (Postgres,
+//! which is also the outbox) -> publisher -> JetStream -> projectors / relay -> Redis
+//! -> WebSocket. This crate owns the first step and the reads of the log itself.
+//!
+//! - [`config`]: flags and environment. [`state`]: the handles handlers share.
+//! - [`auth`]: bearer JWTs against the cached JWKS; service keys.
+//! - [`request_id`], [`error`], [`body`], [`validation`]: the request edge, RFC 9457.
+//! - [`commands`]: `If-Match`, `Idempotency-Key`, metadata, responses.
+//! - [`writer`]: group commit of commands into the log.
+//! - [`users`], [`posts`], [`history`], [`health`]: the endpoints, each with `router()`.
+//! - [`app`]: merges the routers and layers; [`build`] binds and starts everything.
+
+pub mod auth;
+pub mod body;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod history;
+pub mod posts;
+pub mod request_id;
+pub mod state;
+pub mod users;
+pub mod validation;
+pub mod writer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{KeySet, Verifier};
+pub use crate::config::Config;
+use crate::state::AppState;
+
+/// Every route, with the layers every request goes through. Tests call this too.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .merge(users::router())
+        .merge(posts::router())
+        .merge(history::router())
+        .merge(health::router())
+        .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(axum::middleware::from_fn(request_id::middleware))
+        .with_state(state)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create or reach the database")]
+    Database(#[source] sqlx::Error),
+    #[error("cannot apply the schema migrations")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error("invalid REDIS_URL")]
+    Redis(#[source] redis::RedisError),
+    #[error("invalid NATS_URL")]
+    Nats(#[source] async_nats::ConnectError),
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Creates the database if it is missing, then applies the migrations.
+pub async fn prepare_database(url: &str, pool_size: u32) -> Result<PgPool, StartError> {
+    let exists = sqlx::Postgres::database_exists(url)
+        .await
+        .map_err(StartError::Database)?;
+    if !exists {
+        match sqlx::Postgres::create_database(url).await {
+            Ok(()) => tracing::info!("database created"),
+            // Another instance created it first.
+            Err(e) if is_duplicate_database(&e) => {}
+            Err(e) => return Err(StartError::Database(e)),
+        }
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(pool_size)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect(url)
+        .await
+        .map_err(StartError::Database)?;
+    events::MIGRATOR
+        .run(&pool)
+        .await
+        .map_err(StartError::Migrate)?;
+    Ok(pool)
+}
+
+fn is_duplicate_database(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "42P04" || code == "23505")
+}
+
+/// A bound, ready-to-run command API.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    background: JoinSet<()>,
+    stop_background: CancellationToken,
+    writer: writer::Writer,
+}
+
+/// Prepares the database, binds the listener and wires the state; nothing runs yet.
+pub async fn build(config: Config) -> Result<Application, StartError> {
+    let pool = prepare_database(&config.database_url, config.db_pool_size).await?;
+    let redis = redis::Client::open(config.redis_url.as_str()).map_err(StartError::Redis)?;
+    let nats = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(config.nats_url.as_str())
+        .await
+        .map_err(StartError::Nats)?;
+    let keys = Arc::new(KeySet::new(config.jwks_url.clone(), config.jwks_cooldown));
+    if let Err(error) = keys.refresh().await {
+        tracing::warn!(error = %error, "jwks not reachable at start; tokens fail until it is");
+    }
+    let verifier = Arc::new(Verifier::new(
+        keys.clone(),
+        config.jwt_issuer.clone(),
+        config.jwt_audience.clone(),
+    ));
+    let (writer, writer_handle) = writer::writer(pool.clone());
+    let state = AppState {
+        pool: pool.clone(),
+        writer: writer_handle,
+        verifier,
+        nats,
+        redis,
+        service_keys: config.service_keys.clone(),
+    };
+    let listener = TcpListener::bind(&config.http_addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.http_addr.clone(),
+            source,
+        })?;
+    let stop_background = CancellationToken::new();
+    let mut background = JoinSet::new();
+    background.spawn(refresh_jwks(
+        keys,
+        config.jwks_refresh,
+        stop_background.clone(),
+    ));
+    background.spawn(purge_idempotency_keys(pool, stop_background.clone()));
+    Ok(Application {
+        listener,
+        router: app(state),
+        background,
+        stop_background,
+        writer,
+    })
+}
+
+async fn refresh_jwks(keys: Arc<KeySet>, every: Duration, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        if let Err(error) = keys.refresh().await {
+            tracing::warn!(error = %error, "jwks refresh failed; keeping the cached keys");
+        }
+    }
+}
+
+async fn purge_idempotency_keys(pool: PgPool, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+        match writer::purge_expired_keys(&pool).await {
+            Ok(purged) => tracing::info!(purged, "expired idempotency keys purged"),
+            Err(error) => tracing::warn!(error = %error, "purging idempotency keys failed"),
+        }
+    }
+}
+
+impl Application {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Serves until `shutdown` resolves, then finishes the requests in flight (and the
+    /// commands they wait for) before returning.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), std::io::Error> {
+        let Application {
+            listener,
+            router,
+            mut background,
+            stop_background,
+            writer,
+        } = self;
+        let writer = tokio::spawn(writer.run());
+        tracing::info!(addr = %listener.local_addr()?, "command-api listening");
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        // The router (and with it every writer handle) is gone: the writer drains and stops.
+        stop_background.cancel();
+        let _ = writer.await;
+        while background.join_next().await.is_some() {}
+        served
+    }
+}

@@ -1,1 +1,77 @@
-fn main() {}
+//! `keel-dev-issuer`: DEV ONLY token issuer binary; reads its config, binds, serves until Ctrl-C/SIGTERM.
+
+use anyhow::Context;
+use clap::Parser;
+use dev_issuer::Server;
+
+/// DEV ONLY token issuer for Keel's demo and tests. NEVER USE IN PRODUCTION.
+///
+/// WARNING: this server mints a validly signed token for ANY subject and ANY role
+/// (including admin) to anyone who asks on POST /token. It stands in for Keycloak on
+/// developer machines and in tests only. It must never be deployed, exposed on a
+/// network, or trusted by a production Keel.
+#[derive(Debug, Parser)]
+#[command(name = "keel-dev-issuer", version)]
+struct Config {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "KEEL_DEV_ISSUER_ADDR", default_value = "127.0.0.1:8081")]
+    addr: String,
+    /// Public base URL overriding `http://ADDR`; the issuer is `<base>/realms/keel`.
+    #[arg(long, env = "KEEL_DEV_ISSUER_URL")]
+    public_url: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+
+    let server = Server::bind(&config.addr, config.public_url.as_deref())
+        .await
+        .with_context(|| format!("starting the dev issuer on {}", config.addr))?;
+    let issuer = server.issuer();
+    tracing::warn!(
+        issuer = issuer.issuer(),
+        addr = %server.local_addr()?,
+        "DEV ONLY token issuer: mints tokens for anyone, never use in production"
+    );
+    println!("issuer={} jwks={}", issuer.issuer(), issuer.jwks_uri());
+    server.run_until_stopped(shutdown_signal()).await?;
+    tracing::info!("dev issuer stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or, on Unix, SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "listening for ctrl-c failed");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "listening for sigterm failed");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -214,7 +214,12 @@ pub async fn insert(
     // RETURNING order is not promised by SQL: report in the order asked.
     Ok(rows
         .iter()
-        .filter_map(|row| appended.iter().find(|a| a.event_id == row.event_id).copied())
+        .filter_map(|row| {
+            appended
+                .iter()
+                .find(|a| a.event_id == row.event_id)
+                .copied()
+        })
         .collect())
 }
 

@@ -155,7 +155,18 @@ impl From<StreamId> for String {
 
 /// A stream's version: the number of events in it (0 = the stream does not exist).
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    sqlx::Type,
 )]
 #[serde(transparent)]
 #[sqlx(transparent)]
@@ -177,7 +188,18 @@ impl fmt::Display for Version {
 
 /// An event's place in the global log (0 = before the first event).
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    sqlx::Type,
 )]
 #[serde(transparent)]
 #[sqlx(transparent)]

@@ -1,1 +1,94 @@
-//! placeholder
+//! Keel's end-to-end test kit: a fresh database per test, the real command API bound on
+//! port 0, a JWKS server of the dev issuer's keys, and bounded polling.
+//!
+//! Pipeline under test: HTTP command -> decide -> Postgres event log (-> JetStream ->
+//! projectors / relay -> Redis -> WebSocket in later suites). Nothing here mocks
+//! Postgres, NATS or Redis; only the identity provider is faked (`dev-issuer`).
+
+pub mod forge;
+pub mod jwks_server;
+pub mod test_app;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+pub use jwks_server::JwksServer;
+pub use test_app::TestApp;
+
+/// Polls `probe` until it returns `Some`, at most `timeout`; on timeout, fails with the
+/// last state the probe reported.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(last) if started.elapsed() >= timeout => {
+                panic!("{what}: not true after {timeout:?}; last seen: {last}")
+            }
+            Err(_) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// A unique suffix for database, stream and key-prefix names of one test.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The server that hosts test databases (its `postgres` database is used to create them).
+pub fn admin_database_url() -> String {
+    std::env::var("KEEL_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// Creates an empty database named `keel_test_<unique>` and returns its URL.
+pub async fn fresh_database() -> anyhow::Result<String> {
+    use sqlx::Connection;
+    let admin = admin_database_url();
+    let name = unique_name("keel_test");
+    let mut connection = sqlx::PgConnection::connect(&admin).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut connection)
+        .await?;
+    let (base, _) = admin
+        .rsplit_once('/')
+        .ok_or_else(|| anyhow::anyhow!("KEEL_TEST_DATABASE_URL has no database name"))?;
+    Ok(format!("{base}/{name}"))
+}
+
+/// Logs of in-process servers go to `target/test-logs/<binary>-<pid>.log` at debug
+/// level, so the suite can check them for secrets afterwards (PROMISES P16).
+pub fn init_test_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-logs");
+        let _ = std::fs::create_dir_all(&dir);
+        let binary = std::env::args()
+            .next()
+            .and_then(|a| {
+                std::path::Path::new(&a)
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+            })
+            .unwrap_or_else(|| "test".to_owned());
+        let path = dir.join(format!("{binary}-{}.log", std::process::id()));
+        if let Ok(file) = std::fs::File::create(path) {
+            let _ = tracing_subscriber::fmt()
+                .json()
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .with_env_filter(tracing_subscriber::EnvFilter::new(
+                    "debug,hyper=info,h2=info,reqwest=info,rustls=info,async_nats=info",
+                ))
+                .try_init();
+        }
+    });
+}

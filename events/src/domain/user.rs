@@ -64,9 +64,17 @@ impl UserEvent {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum UserCommand {
-    Register { email: Email, name: Name },
-    Update { email: Option<Email>, name: Option<Name> },
-    ChangeRoles { roles: Vec<Role> },
+    Register {
+        email: Email,
+        name: Name,
+    },
+    Update {
+        email: Option<Email>,
+        name: Option<Name>,
+    },
+    ChangeRoles {
+        roles: Vec<Role>,
+    },
     Deactivate,
 }
 
@@ -106,7 +114,9 @@ pub fn decide(
         }
         UserCommand::Update { email, name } => {
             if !may_manage {
-                return Err(DomainError::Forbidden("you may only change your own profile"));
+                return Err(DomainError::Forbidden(
+                    "you may only change your own profile",
+                ));
             }
             let user = existing_active(state)?;
             let email = email.as_ref().map_or(user.email.as_str(), Email::as_str);

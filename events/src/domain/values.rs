@@ -140,7 +140,10 @@ mod tests {
         assert!(Name::parse("   ").is_err());
         assert!(Name::parse(&"x".repeat(100)).is_ok());
         assert!(Name::parse(&"x".repeat(101)).is_err());
-        assert!(Name::parse(&"é".repeat(100)).is_ok(), "limits count characters");
+        assert!(
+            Name::parse(&"é".repeat(100)).is_ok(),
+            "limits count characters"
+        );
     }
 
     #[test]

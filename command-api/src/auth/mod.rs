@@ -1,0 +1,186 @@
+//! Who is calling: bearer JWTs verified locally against the identity provider's keys,
+//! and service API keys for `/internal/*`.
+//!
+//! Only the `kid` in the token header selects a key, and only from Keel's own cached
+//! JWKS: `jku`, `x5u`, `jwk` and `x5c` header fields are never followed. `alg` must be
+//! one Keel accepts *and* fit the selected key (so `none`, or HS256 "signed" with a
+//! public key, cannot pass). `exp`, `iss` and `sub` are required, with their JSON
+//! types checked; `nbf` and `iat` are honoured with a small leeway.
+
+pub mod jwks;
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use crate::config::ServiceKeys;
+use crate::error::ApiError;
+use crate::state::AppState;
+use events::ids::UserId;
+pub use jwks::KeySet;
+
+/// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
+pub const LEEWAY_SECS: u64 = 30;
+
+const ACCEPTED: [Algorithm; 8] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+];
+
+/// The authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub user_id: UserId,
+    pub roles: Vec<String>,
+}
+
+impl Principal {
+    pub fn is_admin(&self) -> bool {
+        self.roles.iter().any(|r| r == "admin")
+    }
+}
+
+#[derive(Deserialize)]
+struct RealmAccess {
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default)]
+    iat: Option<i64>,
+    #[serde(default)]
+    realm_access: Option<RealmAccess>,
+}
+
+/// Verifies bearer tokens against the cached keys of one issuer.
+pub struct Verifier {
+    keys: Arc<KeySet>,
+    issuer: String,
+    audience: Option<String>,
+}
+
+impl Verifier {
+    pub fn new(keys: Arc<KeySet>, issuer: String, audience: Option<String>) -> Self {
+        Self {
+            keys,
+            issuer,
+            audience,
+        }
+    }
+
+    pub fn keys(&self) -> &Arc<KeySet> {
+        &self.keys
+    }
+
+    /// Verifies a compact JWS. The error text is safe to return to the client.
+    pub async fn verify(&self, token: &str) -> Result<Principal, &'static str> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| "malformed token")?;
+        if !ACCEPTED.contains(&header.alg) {
+            return Err("token algorithm not accepted");
+        }
+        let kid = header.kid.ok_or("token has no key id")?;
+        let key = self.keys.key(&kid).await.ok_or("unknown signing key")?;
+        if key.alg.is_some_and(|alg| alg != header.alg)
+            || key.decoding.family() != family(header.alg)
+        {
+            return Err("token algorithm does not match its key");
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&self.issuer]);
+        match &self.audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+            }
+            None => {
+                validation.validate_aud = false;
+                validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+            }
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
+            .map_err(|e| reason(e.kind()))?;
+        let claims = data.claims;
+        let now = jsonwebtoken::get_current_timestamp() as i64;
+        if claims.iat.is_some_and(|iat| iat > now + LEEWAY_SECS as i64) {
+            return Err("token issued in the future");
+        }
+        let user_id = claims
+            .sub
+            .parse::<UserId>()
+            .map_err(|_| "token subject is not a UUID")?;
+        let roles = claims.realm_access.map(|r| r.roles).unwrap_or_default();
+        Ok(Principal { user_id, roles })
+    }
+}
+
+fn family(alg: Algorithm) -> AlgorithmFamily {
+    match alg {
+        Algorithm::ES256 | Algorithm::ES384 => AlgorithmFamily::Ec,
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => AlgorithmFamily::Hmac,
+        Algorithm::EdDSA => AlgorithmFamily::Ed,
+        _ => AlgorithmFamily::Rsa,
+    }
+}
+
+fn reason(kind: &jsonwebtoken::errors::ErrorKind) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match kind {
+        K::ExpiredSignature => "token expired",
+        K::ImmatureSignature => "token not yet valid",
+        K::InvalidIssuer => "token issuer not accepted",
+        K::InvalidAudience => "token audience not accepted",
+        K::InvalidSignature => "token signature invalid",
+        K::MissingRequiredClaim(_) => "token lacks a required claim",
+        _ => "token invalid",
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer_token(parts).ok_or_else(|| {
+            ApiError::Unauthorized("send Authorization: Bearer <token>".to_owned())
+        })?;
+        let principal = state
+            .verifier
+            .verify(token)
+            .await
+            .map_err(|reason| ApiError::Unauthorized(reason.to_owned()))?;
+        tracing::Span::current().record("user_id", tracing::field::display(principal.user_id));
+        Ok(principal)
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer_token(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Whether `presented` is one of the configured service keys, compared in constant
+/// time (each candidate is compared in full; none is skipped early).
+pub fn is_service_key(keys: &ServiceKeys, presented: &str) -> bool {
+    keys.keys().iter().fold(false, |found, key| {
+        let equal: bool = key.as_bytes().ct_eq(presented.as_bytes()).into();
+        found | equal
+    })
+}

@@ -1,0 +1,228 @@
+//! What every command endpoint shares: `If-Match`, `Idempotency-Key`, metadata, the
+//! hand-over to the writer, and the response (`ETag`, `Location`, `Idempotent-Replayed`).
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+
+use crate::auth::Principal;
+use crate::error::{ApiError, FieldError};
+use crate::request_id::RequestId;
+use crate::state::AppState;
+use crate::writer::{CommandError, IdempotencyKey, Outcome, Submission};
+use events::domain::Command;
+use events::event_log::Metadata;
+use events::ids::Version;
+
+pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+static CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// The authenticated request a command came in, minus its body.
+pub struct CommandContext {
+    pub principal: Principal,
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+    request_id: RequestId,
+}
+
+impl FromRequestParts<AppState> for CommandContext {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(|| RequestId(uuid::Uuid::new_v4().to_string()));
+        Ok(Self {
+            principal,
+            method: parts.method.clone(),
+            path: parts.uri.path().to_owned(),
+            headers: parts.headers.clone(),
+            request_id,
+        })
+    }
+}
+
+/// How the endpoint answers success.
+pub struct Answer {
+    pub created: bool,
+    pub location: Option<String>,
+    pub extra: Option<(&'static str, String)>,
+}
+
+impl Answer {
+    pub fn ok() -> Self {
+        Self {
+            created: false,
+            location: None,
+            extra: None,
+        }
+    }
+
+    pub fn created(location: String) -> Self {
+        Self {
+            created: true,
+            location: Some(location),
+            extra: None,
+        }
+    }
+}
+
+impl CommandContext {
+    /// Runs one command through the writer and answers it. `body` is the raw request
+    /// body (empty for commands without one).
+    pub async fn execute(
+        &self,
+        state: &AppState,
+        body: &[u8],
+        command: Command,
+        answer: Answer,
+    ) -> Result<Response, ApiError> {
+        execute(state, self, body, command, answer).await
+    }
+}
+
+async fn execute(
+    state: &AppState,
+    context: &CommandContext,
+    body: &[u8],
+    command: Command,
+    answer: Answer,
+) -> Result<Response, ApiError> {
+    let if_match = if_match(&context.headers)?;
+    let idempotency = idempotency_key(context, body)?;
+    let submission = Submission {
+        principal: context.principal.user_id,
+        admin: context.principal.is_admin(),
+        command,
+        if_match,
+        idempotency,
+        metadata: metadata(context),
+        created_status: answer.created,
+        location: answer.location,
+        extra: answer.extra,
+    };
+    match state.writer.submit(submission).await {
+        Ok(outcome) => Ok(respond(outcome)),
+        Err(CommandError::Domain(error)) => Err(error.into()),
+        Err(CommandError::PreconditionFailed { current }) => {
+            Err(ApiError::PreconditionFailed { current })
+        }
+        Err(CommandError::IdempotencyKeyReused) => Err(ApiError::invalid(vec![FieldError::new(
+            "Idempotency-Key",
+            "already used with a different request",
+        )])),
+        Err(CommandError::Unavailable) => Err(ApiError::Unavailable {
+            dependency: "postgres",
+            retry_after_secs: 1,
+        }),
+    }
+}
+
+fn respond(outcome: Outcome) -> Response {
+    let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::OK);
+    let version = outcome
+        .body
+        .get("version")
+        .and_then(serde_json::Value::as_i64);
+    let mut response = (status, axum::Json(outcome.body)).into_response();
+    let headers = response.headers_mut();
+    if let Some(etag) = version.and_then(|v| HeaderValue::from_str(&format!("\"{v}\"")).ok()) {
+        headers.insert(header::ETAG, etag);
+    }
+    if let Some(location) = outcome
+        .location
+        .and_then(|l| HeaderValue::from_str(&l).ok())
+    {
+        headers.insert(header::LOCATION, location);
+    }
+    if outcome.replayed {
+        headers.insert(
+            IDEMPOTENT_REPLAYED.clone(),
+            HeaderValue::from_static("true"),
+        );
+    }
+    response
+}
+
+/// `If-Match: "<version>"` (a weak `W/` prefix and a bare number are tolerated; `*`
+/// asks for nothing).
+fn if_match(headers: &HeaderMap) -> Result<Option<Version>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let invalid = || ApiError::invalid(vec![FieldError::new("If-Match", "must be \"<version>\"")]);
+    let text = value.to_str().map_err(|_| invalid())?.trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    let text = text.strip_prefix("W/").unwrap_or(text);
+    let text = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(text);
+    text.parse::<i64>()
+        .ok()
+        .filter(|v| *v >= 0)
+        .map(|v| Some(Version(v)))
+        .ok_or_else(invalid)
+}
+
+/// At most 255 visible ASCII characters.
+fn idempotency_key(
+    context: &CommandContext,
+    body: &[u8],
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = context.headers.get(&IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::invalid(vec![FieldError::new(
+                "Idempotency-Key",
+                "must be 1 to 255 visible ASCII characters",
+            )])
+        })?;
+    let mut hash = Sha256::new();
+    hash.update(context.method.as_str().as_bytes());
+    hash.update(b"\n");
+    hash.update(context.path.as_bytes());
+    hash.update(b"\n");
+    hash.update(body);
+    Ok(Some(IdempotencyKey {
+        key: key.to_owned(),
+        request_hash: hash.finalize().to_vec(),
+    }))
+}
+
+fn header_text(headers: &HeaderMap, name: &HeaderName, max: usize) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= max && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+}
+
+fn metadata(context: &CommandContext) -> Metadata {
+    let request_id = context.request_id.0.clone();
+    Metadata {
+        correlation_id: Some(
+            header_text(&context.headers, &CORRELATION_ID, 128)
+                .unwrap_or_else(|| request_id.clone()),
+        ),
+        causation_id: Some(request_id.clone()),
+        actor_id: Some(context.principal.user_id),
+        request_id: Some(request_id),
+        traceparent: header_text(&context.headers, &TRACEPARENT, 55),
+    }
+}

@@ -1,0 +1,109 @@
+//! The command API's configuration: read once in `main`, from flags or the environment.
+
+use std::fmt;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// A value that must never be printed: `Debug` shows only how many there are.
+#[derive(Clone, Default)]
+pub struct ServiceKeys(Vec<String>);
+
+impl ServiceKeys {
+    pub fn new(keys: Vec<String>) -> Self {
+        Self(keys.into_iter().filter(|k| !k.is_empty()).collect())
+    }
+
+    pub fn keys(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ServiceKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ServiceKeys([{} redacted])", self.0.len())
+    }
+}
+
+impl std::str::FromStr for ServiceKeys {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(
+            s.split(',').map(|k| k.trim().to_owned()).collect(),
+        ))
+    }
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, std::num::ParseIntError> {
+    s.parse().map(Duration::from_secs)
+}
+
+/// Keel command API: commands, queries, the internal API, health and metrics.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "command-api", version)]
+pub struct Config {
+    /// Postgres: the event log and read models. The database is created if missing.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/keel"
+    )]
+    pub database_url: String,
+
+    /// NATS with JetStream.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Redis: notification channels and the UI cache.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Listen address (port 0 picks a free port).
+    #[arg(long, env = "KEEL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: String,
+
+    /// JWKS document of the identity provider.
+    #[arg(long, env = "KEEL_JWKS_URL")]
+    pub jwks_url: String,
+
+    /// The exact `iss` accepted in tokens.
+    #[arg(long, env = "KEEL_JWT_ISSUER")]
+    pub jwt_issuer: String,
+
+    /// When set, a token's `aud` must contain it.
+    #[arg(long, env = "KEEL_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Comma-separated keys accepted on `/internal/*` (two at once allow rotation).
+    #[arg(
+        long,
+        env = "KEEL_SERVICE_KEYS",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub service_keys: ServiceKeys,
+
+    /// Comma-separated Origins allowed to open `/ws/notifications` from a browser.
+    #[arg(long, env = "KEEL_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// JetStream stream name.
+    #[arg(long, env = "KEEL_STREAM", default_value = "EVENTS")]
+    pub stream: String,
+
+    /// Subject prefix: events go to `<prefix>.<type>`.
+    #[arg(long, env = "KEEL_SUBJECT_PREFIX", default_value = "events")]
+    pub subject_prefix: String,
+
+    /// Seconds between background refreshes of the JWKS.
+    #[arg(long, env = "KEEL_JWKS_REFRESH_SECS", default_value = "300", value_parser = parse_seconds)]
+    pub jwks_refresh: Duration,
+
+    /// Minimum seconds between two fetches caused by an unknown `kid`.
+    #[arg(long, env = "KEEL_JWKS_COOLDOWN_SECS", default_value = "30", value_parser = parse_seconds)]
+    pub jwks_cooldown: Duration,
+
+    /// Postgres connections in the pool.
+    #[arg(long, env = "KEEL_DB_POOL_SIZE", default_value = "16")]
+    pub db_pool_size: u32,
+}

@@ -1,0 +1,187 @@
+//! `TestApp`: the real command API on port 0 against its own fresh database.
+
+use std::time::Duration;
+
+use dev_issuer::{Alg, TokenRequest};
+use reqwest::{Method, RequestBuilder, Response};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::jwks_server::{JwksServer, issuer};
+use crate::{fresh_database, init_test_logging, unique_name};
+
+/// The API key the test app accepts on `/internal/*`.
+pub const SERVICE_KEY: &str = "test-service-key-3f9c1a";
+
+pub struct TestApp {
+    pub base_url: String,
+    pub database_url: String,
+    pub pool: sqlx::PgPool,
+    pub jwks: JwksServer,
+    pub client: reqwest::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> anyhow::Result<Self> {
+        init_test_logging();
+        let jwks = JwksServer::start().await?;
+        let config = test_config(fresh_database().await?, &jwks);
+        Self::spawn_with(config, jwks).await
+    }
+
+    pub async fn spawn_with(config: command_api::Config, jwks: JwksServer) -> anyhow::Result<Self> {
+        init_test_logging();
+        let database_url = config.database_url.clone();
+        let app = command_api::build(config).await?;
+        let base_url = format!("http://{}", app.local_addr());
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let _ = app
+                .run_until_stopped(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&database_url)
+            .await?;
+        Ok(Self {
+            base_url,
+            database_url,
+            pool,
+            jwks,
+            client: reqwest::Client::new(),
+            shutdown: Some(shutdown),
+            server: Some(server),
+        })
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    /// A valid RS256 token for `sub` with the given roles.
+    pub fn token(&self, sub: Uuid, roles: &[&str]) -> String {
+        mint(TokenRequest {
+            sub: sub.to_string(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            ttl_seconds: 3600,
+            alg: Alg::Rs256,
+            audience: None,
+            email: None,
+            name: None,
+        })
+    }
+
+    /// An admin's token (a fresh admin id each call).
+    pub fn admin_token(&self) -> String {
+        self.token(Uuid::new_v4(), &["user", "admin"])
+    }
+
+    pub fn request(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(token)
+    }
+
+    /// Sends JSON with a bearer token.
+    pub async fn send(&self, method: Method, path: &str, token: &str, body: Value) -> Response {
+        self.request(method, path, token)
+            .json(&body)
+            .send()
+            .await
+            .expect("the test app answers")
+    }
+
+    /// Registers a new user and returns its id and token.
+    pub async fn register(&self, name: &str) -> (Uuid, String) {
+        let id = Uuid::new_v4();
+        let token = self.token(id, &["user"]);
+        let email = format!("{}@pii.test", name.to_lowercase().replace(' ', "."));
+        let response = self
+            .send(
+                Method::POST,
+                "/api/users",
+                &token,
+                serde_json::json!({ "email": email, "name": name }),
+            )
+            .await;
+        assert_eq!(response.status(), 201, "registering {name}");
+        (id, token)
+    }
+
+    /// Creates and publishes a post; returns its id.
+    pub async fn published_post(&self, token: &str) -> Uuid {
+        let response = self
+            .send(
+                Method::POST,
+                "/api/posts",
+                token,
+                serde_json::json!({ "title": "Hello", "body": "World" }),
+            )
+            .await;
+        assert_eq!(response.status(), 201, "creating a post");
+        let body: Value = response.json().await.expect("json");
+        let id: Uuid = body["id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("post id");
+        let response = self
+            .request(Method::POST, &format!("/api/posts/{id}/publish"), token)
+            .send()
+            .await
+            .expect("publish");
+        assert_eq!(response.status(), 200, "publishing a post");
+        id
+    }
+
+    /// How many events the log holds.
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .expect("counting events")
+    }
+}
+
+/// The configuration of a test instance: its own database, stream and subject prefix,
+/// the given JWKS, the shared issuer. Tests change fields before `spawn_with`.
+pub fn test_config(database_url: String, jwks: &JwksServer) -> command_api::Config {
+    command_api::Config {
+        database_url,
+        nats_url: std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned()),
+        redis_url: std::env::var("REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
+        http_addr: "127.0.0.1:0".to_owned(),
+        jwks_url: jwks.url.clone(),
+        jwt_issuer: issuer().issuer().to_owned(),
+        jwt_audience: None,
+        service_keys: SERVICE_KEY.parse().unwrap_or_default(),
+        allowed_origins: vec![],
+        stream: unique_name("EVENTS_TEST"),
+        subject_prefix: unique_name("test"),
+        jwks_refresh: Duration::from_secs(300),
+        jwks_cooldown: Duration::from_secs(30),
+        db_pool_size: 4,
+    }
+}
+
+/// Mints a token with the shared test issuer.
+pub fn mint(request: TokenRequest) -> String {
+    issuer()
+        .mint(&request)
+        .expect("the dev issuer mints tokens")
+}

@@ -1,0 +1,142 @@
+//! Optimistic concurrency and idempotency under real concurrency (PROMISES P13, P14).
+
+use futures::future::join_all;
+use keel_tests::TestApp;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn of_16_concurrent_writers_with_the_same_if_match_exactly_one_wins() {
+    let app = TestApp::spawn().await.unwrap();
+    let (id, token) = app.register("Ada").await;
+    let path = format!("/api/users/{id}");
+    let attempts = (0..16).map(|i| {
+        app.request(Method::PATCH, &path, &token)
+            .header("if-match", "\"1\"")
+            .json(&json!({"name": format!("Name {i}")}))
+            .send()
+    });
+    let statuses: Vec<u16> = join_all(attempts)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 412).count(),
+        15,
+        "{statuses:?}"
+    );
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM events WHERE stream_id = $1 ORDER BY version")
+            .bind(format!("user-{id}"))
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(versions, vec![1, 2], "versions are contiguous");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn of_100_concurrent_commands_with_the_same_if_match_one_wins_across_streams() {
+    let app = TestApp::spawn().await.unwrap();
+    let (_, token) = app.register("Author").await;
+    let post = app.published_post(&token).await;
+    let path = format!("/api/posts/{post}");
+    let attempts = (0..100).map(|i| {
+        app.request(Method::PATCH, &path, &token)
+            .header("if-match", "\"2\"")
+            .json(&json!({"body": format!("version {i}")}))
+            .send()
+    });
+    let statuses: Vec<u16> = join_all(attempts)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1);
+    assert_eq!(statuses.iter().filter(|s| **s == 412).count(), 99);
+    app.stop().await;
+}
+
+async fn keyed(app: &TestApp, token: &str, key: &str, body: Value) -> (u16, Option<String>, Value) {
+    let response = app
+        .request(Method::POST, "/api/posts", token)
+        .header("idempotency-key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let replayed = response
+        .headers()
+        .get("idempotent-replayed")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, replayed, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_replayed_key_returns_the_first_response_and_appends_nothing() {
+    let app = TestApp::spawn().await.unwrap();
+    let (_, token) = app.register("Ada").await;
+    let body = json!({"title": "Once", "body": "Only once"});
+    let (status, replayed, first) = keyed(&app, &token, "key-1", body.clone()).await;
+    assert_eq!((status, replayed), (201, None));
+    let count = app.event_count().await;
+    let (status, replayed, again) = keyed(&app, &token, "key-1", body).await;
+    assert_eq!((status, replayed.as_deref()), (201, Some("true")));
+    assert_eq!(again, first);
+    assert_eq!(app.event_count().await, count);
+
+    let (status, _, problem) = keyed(
+        &app,
+        &token,
+        "key-1",
+        json!({"title": "Other", "body": "x"}),
+    )
+    .await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "Idempotency-Key");
+    assert_eq!(app.event_count().await, count);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_key_of_another_principal_is_independent() {
+    let app = TestApp::spawn().await.unwrap();
+    let (_, ada) = app.register("Ada").await;
+    let (_, bob) = app.register("Bob").await;
+    let body = json!({"title": "Mine", "body": "x"});
+    let (_, _, by_ada) = keyed(&app, &ada, "shared-key", body.clone()).await;
+    let (status, replayed, by_bob) = keyed(&app, &bob, "shared-key", body).await;
+    assert_eq!((status, replayed), (201, None));
+    assert_ne!(by_ada["id"], by_bob["id"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn fifty_concurrent_replays_of_one_key_append_one_event_set() {
+    let app = TestApp::spawn().await.unwrap();
+    let (_, token) = app.register("Ada").await;
+    let before = app.event_count().await;
+    let body = json!({"title": "Race", "body": "x"});
+    let results = join_all((0..50).map(|_| keyed(&app, &token, "race-key", body.clone()))).await;
+    assert_eq!(app.event_count().await, before + 1, "one post.created");
+    let first = &results[0].2;
+    for (status, _, response) in &results {
+        assert_eq!(*status, 201);
+        assert_eq!(response, first, "identical responses");
+    }
+    assert_eq!(
+        results
+            .iter()
+            .filter(|(_, replayed, _)| replayed.is_none())
+            .count(),
+        1
+    );
+    app.stop().await;
+}
