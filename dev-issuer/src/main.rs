@@ -36,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
     let server = Server::bind(&config.addr, config.public_url.as_deref())
         .await
         .with_context(|| format!("starting the dev issuer on {}", config.addr))?;
+    let shutdown = shutdown_signal()?;
     let issuer = server.issuer();
     tracing::warn!(
         issuer = issuer.issuer(),
@@ -43,35 +44,33 @@ async fn main() -> anyhow::Result<()> {
         "DEV ONLY token issuer: mints tokens for anyone, never use in production"
     );
     println!("issuer={} jwks={}", issuer.issuer(), issuer.jwks_uri());
-    server.run_until_stopped(shutdown_signal()).await?;
+    server.run_until_stopped(shutdown).await?;
     tracing::info!("dev issuer stopped");
     Ok(())
 }
 
-/// Resolves on Ctrl-C or, on Unix, SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Registers for Ctrl-C and SIGTERM now (before the ready line is printed, so an
+/// early signal is not lost) and returns a future that resolves on the first of them.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for ctrl-c")?;
+    let mut terminate = signal(SignalKind::terminate()).context("listening for sigterm")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
+        }
+    })
+}
+
+/// Resolves on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    Ok(async {
         if let Err(error) = tokio::signal::ctrl_c().await {
             tracing::error!(%error, "listening for ctrl-c failed");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "listening for sigterm failed");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
+    })
 }

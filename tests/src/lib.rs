@@ -66,8 +66,12 @@ pub async fn fresh_database() -> anyhow::Result<String> {
 
 /// Logs of in-process servers go to `target/test-logs/<binary>-<pid>.log` at debug
 /// level, so the suite can check them for secrets afterwards (PROMISES P16).
+/// `KEEL_TEST_LOG=off` (set by the bench) turns this off.
 pub fn init_test_logging() {
     static ONCE: std::sync::Once = std::sync::Once::new();
+    if std::env::var("KEEL_TEST_LOG").is_ok_and(|v| v == "off") {
+        return;
+    }
     ONCE.call_once(|| {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-logs");
         let _ = std::fs::create_dir_all(&dir);
