@@ -60,8 +60,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// Parses JSON into `T`, naming the failing field by its path.
+/// Parses a JSON object into `T`, naming the failing field by its path. Only an object
+/// is accepted: serde would otherwise also read a struct from an array.
 pub fn parse<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
+    if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid(vec![FieldError::new(
+            "body",
+            "must be a JSON object",
+        )]));
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(raw);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
@@ -97,11 +104,15 @@ mod tests {
     fn errors_name_the_field() {
         assert_eq!(field_of(r#"{"name": 1}"#), "name");
         assert_eq!(field_of(r#"{"name": "a", "age": "x"}"#), "age");
-        assert_eq!(field_of(r#"{"name": "a", "nick": "b"}"#), "body");
+        assert_eq!(field_of(r#"{"name": "a", "nick": "b"}"#), "nick");
         assert_eq!(field_of(r#"{"name": "a", "name": "b"}"#), "body");
         assert_eq!(field_of(r#"{"name": "\ud800"}"#), "name");
         assert_eq!(field_of(r#"{"name": "a"} trailing"#), "body");
-        assert_eq!(field_of(&"[".repeat(10_000)), "body");
+        assert_eq!(field_of(r#"["a", 1]"#), "body");
+        assert!(matches!(
+            parse::<Named>("[".repeat(10_000).as_bytes()),
+            Err(ApiError::Invalid { .. })
+        ));
     }
 
     #[test]
