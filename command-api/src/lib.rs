@@ -89,6 +89,9 @@ pub async fn prepare_database(url: &str, pool_size: u32) -> Result<PgPool, Start
     let pool = PgPoolOptions::new()
         .max_connections(pool_size)
         .acquire_timeout(Duration::from_secs(3))
+        // A broken connection fails its query (503, retried by the client); pinging
+        // before every acquire would add a round trip to every command batch.
+        .test_before_acquire(false)
         .connect(url)
         .await
         .map_err(StartError::Database)?;

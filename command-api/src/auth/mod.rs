@@ -9,13 +9,15 @@
 
 pub mod jwks;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::ServiceKeys;
@@ -60,17 +62,32 @@ struct RealmAccess {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    exp: f64,
     #[serde(default)]
     iat: Option<i64>,
     #[serde(default)]
     realm_access: Option<RealmAccess>,
 }
 
+/// Tokens already verified, by SHA-256 of the whole token: clients send the same token
+/// for minutes, and an RSA verification costs far more than the rest of a command.
+/// Only successful verifications are kept, each until its `exp` and at most
+/// [`VERIFIED_TTL_SECS`]; past [`VERIFIED_CAPACITY`] entries the cache starts over.
+struct Verified {
+    entries: HashMap<[u8; 32], (Principal, i64)>,
+}
+
+/// Most verified tokens remembered.
+pub const VERIFIED_CAPACITY: usize = 100_000;
+/// Longest a verified token is trusted without checking its signature again.
+pub const VERIFIED_TTL_SECS: i64 = 300;
+
 /// Verifies bearer tokens against the cached keys of one issuer.
 pub struct Verifier {
     keys: Arc<KeySet>,
     issuer: String,
     audience: Option<String>,
+    verified: Mutex<Verified>,
 }
 
 impl Verifier {
@@ -79,6 +96,26 @@ impl Verifier {
             keys,
             issuer,
             audience,
+            verified: Mutex::new(Verified {
+                entries: HashMap::new(),
+            }),
+        }
+    }
+
+    fn remembered(&self, digest: &[u8; 32], now: i64) -> Option<Principal> {
+        let verified = self.verified.lock().ok()?;
+        match verified.entries.get(digest) {
+            Some((principal, until)) if now < *until => Some(principal.clone()),
+            _ => None,
+        }
+    }
+
+    fn remember(&self, digest: [u8; 32], principal: &Principal, until: i64) {
+        if let Ok(mut verified) = self.verified.lock() {
+            if verified.entries.len() >= VERIFIED_CAPACITY {
+                verified.entries.clear();
+            }
+            verified.entries.insert(digest, (principal.clone(), until));
         }
     }
 
@@ -88,6 +125,18 @@ impl Verifier {
 
     /// Verifies a compact JWS. The error text is safe to return to the client.
     pub async fn verify(&self, token: &str) -> Result<Principal, &'static str> {
+        let now = jsonwebtoken::get_current_timestamp() as i64;
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(principal) = self.remembered(&digest, now) {
+            return Ok(principal);
+        }
+        let (principal, exp) = self.verify_signed(token, now).await?;
+        let until = (exp + LEEWAY_SECS as i64).min(now + VERIFIED_TTL_SECS);
+        self.remember(digest, &principal, until);
+        Ok(principal)
+    }
+
+    async fn verify_signed(&self, token: &str, now: i64) -> Result<(Principal, i64), &'static str> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| "malformed token")?;
         if !ACCEPTED.contains(&header.alg) {
             return Err("token algorithm not accepted");
@@ -116,7 +165,6 @@ impl Verifier {
         let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
             .map_err(|e| reason(e.kind()))?;
         let claims = data.claims;
-        let now = jsonwebtoken::get_current_timestamp() as i64;
         if claims.iat.is_some_and(|iat| iat > now + LEEWAY_SECS as i64) {
             return Err("token issued in the future");
         }
@@ -125,7 +173,7 @@ impl Verifier {
             .parse::<UserId>()
             .map_err(|_| "token subject is not a UUID")?;
         let roles = claims.realm_access.map(|r| r.roles).unwrap_or_default();
-        Ok(Principal { user_id, roles })
+        Ok((Principal { user_id, roles }, claims.exp as i64))
     }
 }
 
