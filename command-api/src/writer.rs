@@ -4,8 +4,8 @@
 //! Handlers hand a [`Submission`] to the writer and await its reply. The writer drains
 //! what is queued (up to [`MAX_BATCH`]) and, in one transaction holding the log's
 //! append lock:
-//! 1. refreshes its cached aggregate states with the events they have not seen (one
-//!    query; another instance may have appended — the lock makes the read current);
+//! 1. takes the lock and refreshes its cached aggregate states with the events they
+//!    have not seen (one query; another instance may have appended);
 //! 2. looks up the batch's idempotency keys (one query);
 //! 3. decides each command in order against the current state (`If-Match`, then the
 //!    aggregate's `decide`), so a conflict fails only its own command;
@@ -169,8 +169,7 @@ impl Writer {
         submissions: &[Submission],
     ) -> Result<Vec<Result<Outcome, CommandError>>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        event_log::lock_appends(&mut tx).await?;
-        self.refresh(&mut tx, submissions).await?;
+        self.lock_and_refresh(&mut tx, submissions).await?;
         let stored = stored_responses(&mut tx, submissions).await?;
 
         let mut results: Vec<Result<Outcome, CommandError>> = Vec::with_capacity(submissions.len());
@@ -326,8 +325,9 @@ impl Writer {
         Ok(results)
     }
 
-    /// Brings every stream the batch touches (targets and actors) up to date.
-    async fn refresh(
+    /// Takes the append lock and brings every stream the batch touches (targets and
+    /// actors) up to date.
+    async fn lock_and_refresh(
         &mut self,
         tx: &mut sqlx::PgConnection,
         submissions: &[Submission],
@@ -345,7 +345,7 @@ impl Writer {
                 }
             }
         }
-        for recorded in event_log::read_newer(&mut *tx, &known).await? {
+        for recorded in event_log::lock_and_read_newer(tx, &known).await? {
             let event = recorded
                 .decode()
                 .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;

@@ -284,30 +284,21 @@ pub async fn read_all(
     .await
 }
 
-/// Every event of the given streams newer than the version the caller already knows,
-/// in position order: one round trip to refresh a set of cached aggregates.
-///
-/// The lateral subquery (fenced by `OFFSET 0`) makes each stream one index range scan
-/// on `(stream_id, version)`, in custom and generic plans alike; a plain join let the
-/// planner read every event of the streams, or the whole log, and filter afterwards.
-pub async fn read_newer(
-    executor: impl PgExecutor<'_>,
+/// Takes the append lock, then returns every event of the given streams newer than the
+/// version the caller already knows, in position order: one round trip to make a set of
+/// cached aggregates current and keep them so until commit.
+pub async fn lock_and_read_newer(
+    conn: &mut PgConnection,
     known: &[(StreamId, Version)],
 ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
     let streams: Vec<String> = known.iter().map(|(s, _)| s.to_string()).collect();
     let versions: Vec<i64> = known.iter().map(|(_, v)| v.0).collect();
     sqlx::query_as(&format!(
-        "SELECT e.* FROM unnest($1::text[], $2::bigint[]) AS k(stream_id, version)
-         CROSS JOIN LATERAL (
-             SELECT {COLUMNS} FROM events
-             WHERE stream_id = k.stream_id AND version > k.version
-             ORDER BY version OFFSET 0
-         ) e
-         ORDER BY e.position"
+        "SELECT {COLUMNS} FROM keel_lock_and_read_newer($1::text[], $2::bigint[])"
     ))
     .bind(streams)
     .bind(versions)
-    .fetch_all(executor)
+    .fetch_all(conn)
     .await
 }
 
