@@ -68,24 +68,10 @@ async fn update(
 ) -> Result<Response, ApiError> {
     let id: PostId = parse_id(&id, "post")?;
     let mut fields = Fields::default();
-    let title = body
-        .value
-        .title
-        .as_deref()
-        .map(|t| fields.check("title", Title::parse(t)));
-    let text = body
-        .value
-        .body
-        .as_deref()
-        .map(|b| fields.check("body", PostBody::parse(b)));
+    let title = fields.check_optional("title", body.value.title.as_deref(), Title::parse);
+    let text = fields.check_optional("body", body.value.body.as_deref(), PostBody::parse);
     fields.ok()?;
-    let command = on_post(
-        id,
-        PostCommand::Update {
-            title: title.flatten(),
-            body: text.flatten(),
-        },
-    );
+    let command = on_post(id, PostCommand::Update { title, body: text });
     context
         .execute(&state, &body.raw, command, Answer::ok())
         .await

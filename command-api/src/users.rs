@@ -75,23 +75,12 @@ async fn update(
 ) -> Result<Response, ApiError> {
     let id: UserId = parse_id(&id, "user")?;
     let mut fields = Fields::default();
-    let email = body
-        .value
-        .email
-        .as_deref()
-        .map(|e| fields.check("email", Email::parse(e)));
-    let name = body
-        .value
-        .name
-        .as_deref()
-        .map(|n| fields.check("name", Name::parse(n)));
+    let email = fields.check_optional("email", body.value.email.as_deref(), Email::parse);
+    let name = fields.check_optional("name", body.value.name.as_deref(), Name::parse);
     fields.ok()?;
     let command = Command::User {
         id,
-        command: UserCommand::Update {
-            email: email.flatten(),
-            name: name.flatten(),
-        },
+        command: UserCommand::Update { email, name },
     };
     context
         .execute(&state, &body.raw, command, Answer::ok())

@@ -16,6 +16,16 @@ impl Fields {
             .ok()
     }
 
+    /// Like [`Fields::check`] for a field that may be absent (`None` stays `None`).
+    pub fn check_optional<T>(
+        &mut self,
+        field: &str,
+        raw: Option<&str>,
+        parse: impl FnOnce(&str) -> Result<T, Invalid>,
+    ) -> Option<T> {
+        raw.and_then(|raw| self.check(field, parse(raw)))
+    }
+
     pub fn add(&mut self, field: &str, message: &str) {
         self.0.push(FieldError::new(field, message));
     }
