@@ -9,17 +9,22 @@
 //! - [`request_id`], [`error`], [`body`], [`validation`]: the request edge, RFC 9457.
 //! - [`commands`]: `If-Match`, `Idempotency-Key`, metadata, responses.
 //! - [`writer`]: group commit of commands into the log.
-//! - [`users`], [`posts`], [`history`], [`health`]: the endpoints, each with `router()`.
+//! - [`publisher`], [`bus`]: the outbox publisher (log -> JetStream, one active instance).
+//! - [`users`], [`posts`], [`history`], [`health`], [`metrics`]: the endpoints, each
+//!   with `router()`.
 //! - [`app`]: merges the routers and layers; [`build`] binds and starts everything.
 
 pub mod auth;
 pub mod body;
+pub mod bus;
 pub mod commands;
 pub mod config;
 pub mod error;
 pub mod health;
 pub mod history;
+pub mod metrics;
 pub mod posts;
+pub mod publisher;
 pub mod request_id;
 pub mod state;
 pub mod users;
@@ -49,6 +54,7 @@ pub fn app(state: AppState) -> Router {
         .merge(posts::router())
         .merge(history::router())
         .merge(health::router())
+        .merge(metrics::router())
         .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         .layer(axum::middleware::from_fn(request_id::middleware))
@@ -65,6 +71,8 @@ pub enum StartError {
     Redis(#[source] redis::RedisError),
     #[error("invalid NATS_URL")]
     Nats(#[source] async_nats::ConnectError),
+    #[error(transparent)]
+    Stream(#[from] bus::StreamError),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: String,
@@ -116,6 +124,7 @@ pub struct Application {
     background: JoinSet<()>,
     stop_background: CancellationToken,
     writer: writer::Writer,
+    publisher: publisher::Publisher,
 }
 
 /// Prepares the database, binds the listener and wires the state; nothing runs yet.
@@ -136,6 +145,29 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
         config.jwt_issuer.clone(),
         config.jwt_audience.clone(),
     ));
+    let jetstream = async_nats::jetstream::new(nats.clone());
+    let bus = bus::Bus {
+        stream: config.stream.clone(),
+        subject_prefix: config.subject_prefix.clone(),
+    };
+    // An incompatible stream stops the start; an unreachable NATS does not (commands
+    // keep working, the publisher provisions the stream when NATS is back).
+    match tokio::time::timeout(Duration::from_secs(3), bus.ensure_stream(&jetstream)).await {
+        Ok(Err(error @ bus::StreamError::Incompatible { .. })) => return Err(error.into()),
+        Ok(Err(error)) => {
+            tracing::warn!(error = %error, "jetstream stream not ready; the publisher retries")
+        }
+        Err(_) => tracing::warn!("nats not reachable at start; the publisher retries"),
+        Ok(Ok(_)) => {}
+    }
+    let metrics = Arc::new(metrics::Metrics::default());
+    let publisher = publisher::Publisher {
+        pool: pool.clone(),
+        database_url: config.database_url.clone(),
+        jetstream,
+        bus,
+        metrics: metrics.clone(),
+    };
     let (writer, writer_handle) = writer::writer(pool.clone());
     let state = AppState {
         pool: pool.clone(),
@@ -144,6 +176,7 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
         nats,
         redis,
         service_keys: config.service_keys.clone(),
+        metrics,
     };
     let listener = TcpListener::bind(&config.http_addr)
         .await
@@ -165,6 +198,7 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
         background,
         stop_background,
         writer,
+        publisher,
     })
 }
 
@@ -212,8 +246,10 @@ impl Application {
             mut background,
             stop_background,
             writer,
+            publisher,
         } = self;
         let writer = tokio::spawn(writer.run());
+        background.spawn(publisher.run(stop_background.clone()));
         tracing::info!(addr = %listener.local_addr()?, "command-api listening");
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)

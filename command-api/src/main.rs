@@ -1,7 +1,27 @@
 //! `command-api`: reads its configuration, serves until SIGTERM or Ctrl-C.
+//! `command-api republish --from <position>`: asks the active publisher to publish the
+//! log again from that position (after JetStream lost data).
 
 use clap::Parser;
 use command_api::Config;
+
+/// Asks the running publisher to publish the Postgres log to JetStream again, from a
+/// position on. Use it when JetStream lost data (the stream was deleted or purged, or a
+/// crash dropped acknowledged messages). Events still in the stream and older than its
+/// duplicate window would be stored twice: start at the first missing position.
+#[derive(Parser)]
+#[command(name = "command-api republish")]
+struct Republish {
+    /// First position to publish again (see `GET /api/events`).
+    #[arg(long)]
+    from: i64,
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/keel"
+    )]
+    database_url: String,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -12,6 +32,16 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    if std::env::args().nth(1).as_deref() == Some("republish") {
+        let args = Republish::parse_from(std::env::args().skip(1));
+        let pool = sqlx::PgPool::connect(&args.database_url).await?;
+        events::outbox::request_republish(&pool, events::ids::Position(args.from)).await?;
+        println!(
+            "republish from position {} requested; the active publisher picks it up",
+            args.from.max(1)
+        );
+        return Ok(());
+    }
     let config = Config::parse();
     let app = command_api::build(config).await?;
     app.run_until_stopped(shutdown_signal()).await?;

@@ -6,6 +6,7 @@ use sqlx::PgPool;
 
 use crate::auth::Verifier;
 use crate::config::ServiceKeys;
+use crate::metrics::Metrics;
 use crate::writer::WriterHandle;
 
 #[derive(Clone)]
@@ -16,4 +17,5 @@ pub struct AppState {
     pub nats: async_nats::Client,
     pub redis: redis::Client,
     pub service_keys: ServiceKeys,
+    pub metrics: Arc<Metrics>,
 }

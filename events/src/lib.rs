@@ -8,12 +8,14 @@
 //!   the validated input values.
 //! - [`event_log`]: append with optimistic concurrency and no-skip reads by position.
 //! - [`envelope`]: the CloudEvents 1.0 form of a logged event.
+//! - [`outbox`]: the publisher's checkpoint and republish requests (the log is the outbox).
 //! - [`MIGRATOR`]: the schema, owned by `events/migrations`.
 
 pub mod domain;
 pub mod envelope;
 pub mod event_log;
 pub mod ids;
+pub mod outbox;
 
 /// Every table Keel owns. Run on start by each binary; safe to run concurrently.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -5,8 +5,11 @@
 //! projectors / relay -> Redis -> WebSocket in later suites). Nothing here mocks
 //! Postgres, NATS or Redis; only the identity provider is faked (`dev-issuer`).
 
+pub mod api_process;
 pub mod forge;
 pub mod jwks_server;
+pub mod nats_server;
+pub mod stream;
 pub mod test_app;
 
 use std::future::Future;

@@ -16,6 +16,9 @@ pub const SERVICE_KEY: &str = "test-service-key-3f9c1a";
 pub struct TestApp {
     pub base_url: String,
     pub database_url: String,
+    /// The JetStream stream this instance publishes to, on `nats_url`.
+    pub stream: String,
+    pub nats_url: String,
     pub pool: sqlx::PgPool,
     pub jwks: JwksServer,
     pub client: reqwest::Client,
@@ -34,6 +37,8 @@ impl TestApp {
     pub async fn spawn_with(config: command_api::Config, jwks: JwksServer) -> anyhow::Result<Self> {
         init_test_logging();
         let database_url = config.database_url.clone();
+        let stream = config.stream.clone();
+        let nats_url = config.nats_url.clone();
         let app = command_api::build(config).await?;
         let base_url = format!("http://{}", app.local_addr());
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -51,6 +56,8 @@ impl TestApp {
         Ok(Self {
             base_url,
             database_url,
+            stream,
+            nats_url,
             pool,
             jwks,
             client: reqwest::Client::new(),
@@ -59,13 +66,19 @@ impl TestApp {
         })
     }
 
-    /// Stops the server gracefully and waits for it.
+    /// Stops the server gracefully, waits for it, and deletes its stream from the
+    /// shared NATS server.
     pub async fn stop(mut self) {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
         if let Some(server) = self.server.take() {
             let _ = server.await;
+        }
+        if let Ok(client) = async_nats::connect(&self.nats_url).await {
+            let _ = async_nats::jetstream::new(client)
+                .delete_stream(&self.stream)
+                .await;
         }
     }
 

@@ -1,0 +1,67 @@
+//! `/metrics`: Prometheus text. Counters live in [`Metrics`]; the outbox depth is read
+//! from Postgres at scrape time.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use events::{event_log, outbox};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Events this instance published and JetStream acknowledged.
+    pub published: AtomicU64,
+    /// Whether this instance is the active publisher.
+    pub leader: AtomicBool,
+}
+
+impl Metrics {
+    pub fn add_published(&self, n: u64) {
+        self.published.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.store(leader, Ordering::Relaxed);
+    }
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let head = event_log::head(&state.pool)
+        .await
+        .map_err(ApiError::internal)?;
+    let checkpoint = outbox::checkpoint(&state.pool)
+        .await
+        .map_err(ApiError::internal)?;
+    let m = &state.metrics;
+    let body = format!(
+        "# HELP keel_log_head_position Position of the newest event in the log.\n\
+         # TYPE keel_log_head_position gauge\n\
+         keel_log_head_position {head}\n\
+         # HELP keel_outbox_position Last position JetStream acknowledged.\n\
+         # TYPE keel_outbox_position gauge\n\
+         keel_outbox_position {checkpoint}\n\
+         # HELP keel_outbox_depth Events committed but not yet acknowledged by JetStream.\n\
+         # TYPE keel_outbox_depth gauge\n\
+         keel_outbox_depth {depth}\n\
+         # HELP keel_outbox_published_total Events this instance published.\n\
+         # TYPE keel_outbox_published_total counter\n\
+         keel_outbox_published_total {published}\n\
+         # HELP keel_publisher_leader 1 while this instance is the active publisher.\n\
+         # TYPE keel_publisher_leader gauge\n\
+         keel_publisher_leader {leader}\n",
+        depth = (head.0 - checkpoint.0).max(0),
+        published = m.published.load(Ordering::Relaxed),
+        leader = u8::from(m.leader.load(Ordering::Relaxed)),
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
+}

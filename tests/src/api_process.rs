@@ -1,0 +1,86 @@
+//! The real `command-api` binary as a child process, for tests that SIGKILL it.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::eventually;
+
+pub struct ApiProcess {
+    pub base_url: String,
+    child: Child,
+}
+
+/// `target/debug/command-api` (built by `cargo build --workspace --bins`).
+pub fn binary() -> std::path::PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(
+        |_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        std::path::PathBuf::from,
+    );
+    target.join("debug/command-api")
+}
+
+impl ApiProcess {
+    /// Starts the binary with `env` (plus a free port) and waits until it answers.
+    pub async fn spawn(env: &[(&str, String)]) -> anyhow::Result<Self> {
+        let binary = binary();
+        anyhow::ensure!(
+            binary.exists(),
+            "{} is missing: run `cargo build --workspace --bins`",
+            binary.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new(binary)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("KEEL_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let base_url = format!("http://127.0.0.1:{port}");
+        let health = format!("{base_url}/healthz");
+        eventually(
+            Duration::from_secs(30),
+            "command-api answers /healthz",
+            || {
+                let health = health.clone();
+                async move {
+                    reqwest::get(&health)
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                }
+            },
+        )
+        .await;
+        Ok(Self { base_url, child })
+    }
+
+    /// SIGKILL: no shutdown, no flush, no goodbye.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// One metric's value from `/metrics`.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = reqwest::get(format!("{}/metrics", self.base_url))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+    }
+}
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

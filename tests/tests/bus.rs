@@ -1,0 +1,315 @@
+//! Events on the bus (PROMISES P2, P3, P4, P19): the JetStream stream holds every
+//! committed event exactly once, in log order, as a CloudEvent, across NATS outages,
+//! publisher crashes and leader changes.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use events::domain::{Event, UserEvent, user::UserRegistered};
+use events::event_log::{self, Metadata, NewEvent};
+use events::ids::{EventId, StreamId, UserId, Version};
+use futures::future::join_all;
+use keel_tests::api_process::ApiProcess;
+use keel_tests::nats_server::NatsServer;
+use keel_tests::stream::{count, log_ids, messages};
+use keel_tests::test_app::test_config;
+use keel_tests::{JwksServer, TestApp, eventually, fresh_database, unique_name};
+use reqwest::Method;
+use serde_json::json;
+
+/// Waits until the stream holds exactly the log, in order, and checks each message.
+async fn assert_stream_equals_log(
+    nats_url: &str,
+    stream: &str,
+    pool: &sqlx::PgPool,
+    within: Duration,
+) {
+    let log = log_ids(pool).await.unwrap();
+    let expected = log.len() as u64;
+    eventually(
+        within,
+        "the stream holds every logged event",
+        || async move {
+            let stored = count(nats_url, stream).await.map_err(|e| e.to_string())?;
+            if stored >= expected {
+                Ok(())
+            } else {
+                Err(format!("{stored} of {expected} events in the stream"))
+            }
+        },
+    )
+    .await;
+    let stored = messages(nats_url, stream).await.unwrap();
+    let ids: Vec<String> = stored.iter().map(|m| m.msg_id.clone()).collect();
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "no event twice in the stream");
+    assert_eq!(ids, log, "stream order equals log order");
+    for message in &stored {
+        assert_eq!(message.content_type, "application/cloudevents+json");
+        assert_eq!(message.body["id"], message.msg_id);
+        let parsed: cloudevents::Event =
+            serde_json::from_value(message.body.clone()).expect("a CloudEvent");
+        assert_eq!(
+            message.subject,
+            format!(
+                "{}.{}",
+                message.subject.split('.').next().unwrap(),
+                cloudevents::AttributesReader::ty(&parsed)
+            )
+        );
+    }
+}
+
+/// Appends `n` registrations straight into the log (fast pre-fill for drain tests).
+async fn prefill(pool: &sqlx::PgPool, n: usize) {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let rows: Vec<NewEvent> = chunk
+            .iter()
+            .map(|i| {
+                let id = UserId::new();
+                NewEvent {
+                    event_id: EventId::new(),
+                    stream_id: StreamId::user(id),
+                    version: Version(1),
+                    event: Event::User(UserEvent::Registered(UserRegistered {
+                        id,
+                        email: format!("u{i}@pii.test"),
+                        name: format!("User {i}"),
+                        roles: vec![],
+                    })),
+                    metadata: Metadata::default(),
+                }
+            })
+            .collect();
+        let mut tx = pool.begin().await.unwrap();
+        event_log::insert(&mut tx, &rows).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_stream_equals_the_log_after_a_burst_of_concurrent_commands() {
+    let app = TestApp::spawn().await.unwrap();
+    let writers = (0..16).map(|i| {
+        let app = &app;
+        async move {
+            let (id, token) = app.register(&format!("User {i}")).await;
+            for n in 0..5 {
+                let path = format!("/api/users/{id}");
+                let response = app
+                    .send(
+                        Method::PATCH,
+                        &path,
+                        &token,
+                        json!({"name": format!("Name {n}")}),
+                    )
+                    .await;
+                assert_eq!(response.status(), 200);
+            }
+            app.published_post(&token).await;
+        }
+    });
+    join_all(writers).await;
+    assert_eq!(app.event_count().await, 16 * 8);
+    let nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    assert_stream_equals_log(&nats, &app.stream, &app.pool, Duration::from_secs(20)).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn commands_succeed_while_nats_is_down_and_all_arrive_once_in_order_after() {
+    let mut nats = NatsServer::start().await.unwrap();
+    let jwks = JwksServer::start().await.unwrap();
+    let mut config = test_config(fresh_database().await.unwrap(), &jwks);
+    config.nats_url = nats.url.clone();
+    let stream = config.stream.clone();
+    let app = TestApp::spawn_with(config, jwks).await.unwrap();
+    let (id, token) = app.register("Ada").await;
+
+    nats.stop();
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "readyz reports NATS down");
+    for n in 0..100 {
+        let response = app
+            .send(
+                Method::PATCH,
+                &format!("/api/users/{id}"),
+                &token,
+                json!({"name": format!("Name {n}")}),
+            )
+            .await;
+        assert_eq!(
+            response.status(),
+            200,
+            "commands keep succeeding while NATS is down"
+        );
+    }
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let depth: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("keel_outbox_depth "))
+        .and_then(|v| v.parse().ok())
+        .expect("keel_outbox_depth in /metrics");
+    assert!(
+        depth >= 100,
+        "the outbox holds the commands' events: depth {depth}"
+    );
+
+    nats.start_again().await.unwrap();
+    assert_stream_equals_log(&nats.url, &stream, &app.pool, Duration::from_secs(30)).await;
+    app.stop().await;
+}
+
+fn process_env(
+    database_url: &str,
+    jwks: &JwksServer,
+    nats_url: &str,
+    stream: &str,
+    prefix: &str,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", database_url.to_owned()),
+        ("NATS_URL", nats_url.to_owned()),
+        ("KEEL_JWKS_URL", jwks.url.clone()),
+        (
+            "KEEL_JWT_ISSUER",
+            keel_tests::jwks_server::issuer().issuer().to_owned(),
+        ),
+        ("KEEL_STREAM", stream.to_owned()),
+        ("KEEL_SUBJECT_PREFIX", prefix.to_owned()),
+        ("KEEL_DB_POOL_SIZE", "4".to_owned()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_killed_mid_drain_neither_loses_nor_duplicates() {
+    let database_url = fresh_database().await.unwrap();
+    let pool = command_api::prepare_database(&database_url, 4)
+        .await
+        .unwrap();
+    prefill(&pool, 20_000).await;
+    let nats = NatsServer::start().await.unwrap();
+    let jwks = JwksServer::start().await.unwrap();
+    let (stream, prefix) = (unique_name("EVENTS_TEST"), unique_name("test"));
+    let env = process_env(&database_url, &jwks, &nats.url, &stream, &prefix);
+
+    // Kill the publisher as soon as it has published something, while events remain.
+    let mut kills_mid_drain = 0;
+    for _ in 0..5 {
+        let before = count(&nats.url, &stream).await.unwrap();
+        if before >= 20_000 {
+            break;
+        }
+        let api = ApiProcess::spawn(&env).await.unwrap();
+        let killed_at = eventually(
+            Duration::from_secs(30),
+            "the publisher makes progress",
+            || {
+                let (url, stream) = (nats.url.clone(), stream.clone());
+                async move {
+                    let now = count(&url, &stream).await.map_err(|e| e.to_string())?;
+                    if now > before {
+                        Ok(now)
+                    } else {
+                        Err(format!("still {now}"))
+                    }
+                }
+            },
+        )
+        .await;
+        api.kill();
+        if killed_at < 20_000 {
+            kills_mid_drain += 1;
+        }
+    }
+    assert!(
+        kills_mid_drain >= 1,
+        "the publisher was never killed mid-drain"
+    );
+    let _api = ApiProcess::spawn(&env).await.unwrap();
+    assert_stream_equals_log(&nats.url, &stream, &pool, Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_instance_publishes_at_a_time_and_another_takes_over_when_it_dies() {
+    let database_url = fresh_database().await.unwrap();
+    let pool = command_api::prepare_database(&database_url, 4)
+        .await
+        .unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let jwks = JwksServer::start().await.unwrap();
+    let (stream, prefix) = (unique_name("EVENTS_TEST"), unique_name("test"));
+    let env = process_env(&database_url, &jwks, &nats.url, &stream, &prefix);
+    let first = ApiProcess::spawn(&env).await.unwrap();
+    let second = ApiProcess::spawn(&env).await.unwrap();
+
+    let leaders = || async { (first_leader(&first).await, first_leader(&second).await) };
+    async fn first_leader(api: &ApiProcess) -> f64 {
+        api.metric("keel_publisher_leader").await.unwrap_or(-1.0)
+    }
+    let (a, b) = eventually(Duration::from_secs(10), "exactly one leader", || async {
+        let (a, b) = leaders().await;
+        if a + b == 1.0 {
+            Ok((a, b))
+        } else {
+            Err(format!("leader gauges {a} and {b}"))
+        }
+    })
+    .await;
+    prefill(&pool, 2_000).await;
+    assert_stream_equals_log(&nats.url, &stream, &pool, Duration::from_secs(30)).await;
+
+    let (dead, survivor) = if a == 1.0 {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!(b + a, 1.0);
+    dead.kill();
+    prefill(&pool, 2_000).await;
+    eventually(Duration::from_secs(10), "the survivor leads", || async {
+        let gauge = survivor.metric("keel_publisher_leader").await;
+        if gauge == Some(1.0) {
+            Ok(())
+        } else {
+            Err(format!("leader gauge {gauge:?}"))
+        }
+    })
+    .await;
+    assert_stream_equals_log(&nats.url, &stream, &pool, Duration::from_secs(30)).await;
+}
+
+#[tokio::test]
+async fn a_lost_stream_is_rebuilt_from_the_log_on_request() {
+    let app = TestApp::spawn().await.unwrap();
+    let (id, token) = app.register("Ada").await;
+    for n in 0..5 {
+        app.send(
+            Method::PATCH,
+            &format!("/api/users/{id}"),
+            &token,
+            json!({"name": format!("N{n}")}),
+        )
+        .await;
+    }
+    let nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    assert_stream_equals_log(&nats, &app.stream, &app.pool, Duration::from_secs(20)).await;
+
+    // JetStream loses the stream (PROMISES P19); Postgres still has everything.
+    let context = async_nats::jetstream::new(async_nats::connect(&nats).await.unwrap());
+    context.delete_stream(&app.stream).await.unwrap();
+    assert_eq!(count(&nats, &app.stream).await.unwrap(), 0);
+    events::outbox::request_republish(&app.pool, events::ids::Position(1))
+        .await
+        .unwrap();
+    assert_stream_equals_log(&nats, &app.stream, &app.pool, Duration::from_secs(20)).await;
+    app.stop().await;
+}
