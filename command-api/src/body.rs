@@ -12,6 +12,10 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, FieldError};
 
+/// The `field` of an error about the document as a whole (malformed JSON, duplicate
+/// keys, not an object): `$`, the JSON root, so it never reads as a field named `body`.
+pub const DOCUMENT: &str = "$";
+
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
@@ -52,7 +56,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                         limit: MAX_BODY_BYTES,
                     }
                 } else {
-                    ApiError::invalid(vec![FieldError::new("body", "could not be read")])
+                    ApiError::invalid(vec![FieldError::new(DOCUMENT, "could not be read")])
                 }
             })?;
         let value = parse(&raw)?;
@@ -65,19 +69,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 pub fn parse<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
     if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::invalid(vec![FieldError::new(
-            "body",
+            DOCUMENT,
             "must be a JSON object",
         )]));
     }
     let mut deserializer = serde_json::Deserializer::from_slice(raw);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
-        let field = if path == "." { "body".to_owned() } else { path };
+        let field = if path == "." {
+            DOCUMENT.to_owned()
+        } else {
+            path
+        };
         ApiError::invalid(vec![FieldError::new(field, error.inner().to_string())])
     })?;
     deserializer
         .end()
-        .map_err(|error| ApiError::invalid(vec![FieldError::new("body", error.to_string())]))?;
+        .map_err(|error| ApiError::invalid(vec![FieldError::new(DOCUMENT, error.to_string())]))?;
     Ok(value)
 }
 
@@ -105,10 +113,10 @@ mod tests {
         assert_eq!(field_of(r#"{"name": 1}"#), "name");
         assert_eq!(field_of(r#"{"name": "a", "age": "x"}"#), "age");
         assert_eq!(field_of(r#"{"name": "a", "nick": "b"}"#), "nick");
-        assert_eq!(field_of(r#"{"name": "a", "name": "b"}"#), "body");
+        assert_eq!(field_of(r#"{"name": "a", "name": "b"}"#), "$");
         assert_eq!(field_of(r#"{"name": "\ud800"}"#), "name");
-        assert_eq!(field_of(r#"{"name": "a"} trailing"#), "body");
-        assert_eq!(field_of(r#"["a", 1]"#), "body");
+        assert_eq!(field_of(r#"{"name": "a"} trailing"#), "$");
+        assert_eq!(field_of(r#"["a", 1]"#), "$");
         assert!(matches!(
             parse::<Named>("[".repeat(10_000).as_bytes()),
             Err(ApiError::Invalid { .. })

@@ -28,6 +28,10 @@ impl FieldError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// No credentials at all.
+    #[error("send Authorization: Bearer <token>")]
+    Unauthenticated,
+    /// Credentials that are not valid.
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -71,7 +75,7 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Unauthenticated | Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
@@ -86,7 +90,7 @@ impl ApiError {
 
     fn slug(&self) -> &'static str {
         match self {
-            Self::Unauthorized(_) => "unauthorized",
+            Self::Unauthenticated | Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not-found",
             Self::Conflict(_) => "conflict",
@@ -174,6 +178,10 @@ impl IntoResponse for ApiError {
         let mut response = with_problem_type(status, Json(body).into_response());
         let headers = response.headers_mut();
         match &self {
+            // RFC 6750 §3.1: no error code when no credentials were sent.
+            Self::Unauthenticated => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
             Self::Unauthorized(_) => {
                 headers.insert(
                     header::WWW_AUTHENTICATE,

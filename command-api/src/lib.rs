@@ -38,7 +38,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use sqlx::migrate::MigrateDatabase;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -73,6 +73,8 @@ pub enum StartError {
     Nats(#[source] async_nats::ConnectError),
     #[error(transparent)]
     Stream(#[from] bus::StreamError),
+    #[error("cannot build the JWKS client")]
+    Jwks(#[source] auth::jwks::FetchError),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: String,
@@ -100,7 +102,7 @@ pub async fn prepare_database(url: &str, pool_size: u32) -> Result<PgPool, Start
         // A broken connection fails its query (503, retried by the client); pinging
         // before every acquire would add a round trip to every command batch.
         .test_before_acquire(false)
-        .connect(url)
+        .connect_with(connect_options(url)?)
         .await
         .map_err(StartError::Database)?;
     events::MIGRATOR
@@ -108,6 +110,13 @@ pub async fn prepare_database(url: &str, pool_size: u32) -> Result<PgPool, Start
         .await
         .map_err(StartError::Migrate)?;
     Ok(pool)
+}
+
+/// The URL's options, plus timeouts: a stalled server or a stuck append lock fails a
+/// command (503) instead of hanging it.
+pub fn connect_options(url: &str) -> Result<PgConnectOptions, StartError> {
+    let options: PgConnectOptions = url.parse().map_err(StartError::Database)?;
+    Ok(options.options([("statement_timeout", "10s"), ("lock_timeout", "5s")]))
 }
 
 fn is_duplicate_database(error: &sqlx::Error) -> bool {
@@ -136,7 +145,9 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
         .connect(config.nats_url.as_str())
         .await
         .map_err(StartError::Nats)?;
-    let keys = Arc::new(KeySet::new(config.jwks_url.clone(), config.jwks_cooldown));
+    let keys = Arc::new(
+        KeySet::new(config.jwks_url.clone(), config.jwks_cooldown).map_err(StartError::Jwks)?,
+    );
     if let Err(error) = keys.refresh().await {
         tracing::warn!(error = %error, "jwks not reachable at start; tokens fail until it is");
     }

@@ -68,7 +68,12 @@ impl Publisher {
     /// Leads when it can, follows otherwise, until `stop`.
     pub async fn run(self, stop: CancellationToken) {
         while !stop.is_cancelled() {
-            if let Err(error) = self.lead(&stop).await {
+            let led = tokio::select! {
+                // Dropping `lead` mid-way closes its connection, which releases the lock.
+                () = stop.cancelled() => Ok(()),
+                led = self.lead(&stop) => led,
+            };
+            if let Err(error) = led {
                 tracing::warn!(error = %error, cause = ?std::error::Error::source(&error), "publisher stepped down; retrying");
             }
             self.metrics.set_leader(false);

@@ -40,6 +40,7 @@ pub async fn middleware(mut request: Request, next: Next) -> Response {
         request_id = %id,
         method = %request.method(),
         path = %request.uri().path(),
+        user_id = tracing::field::Empty,
     );
     let started = Instant::now();
     let response = async {

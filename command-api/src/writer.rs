@@ -30,6 +30,10 @@ use events::ids::{EventId, Position, StreamId, UserId, Version};
 pub const MAX_BATCH: usize = 512;
 /// Submissions waiting for the writer before handlers wait to enqueue.
 pub const QUEUE_CAPACITY: usize = 4096;
+/// Longest a handler waits for the writer's answer. The database timeouts (statement
+/// 10 s, lock 5 s) normally answer first; past this the outcome is unknown (503), and a
+/// retry with the same `Idempotency-Key` resolves it.
+pub const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// Aggregates kept in memory; past this the cache starts over.
 pub const CACHE_CAPACITY: usize = 100_000;
 
@@ -98,7 +102,10 @@ impl WriterHandle {
             .send((submission, reply))
             .await
             .map_err(|_| CommandError::Unavailable)?;
-        answer.await.unwrap_or(Err(CommandError::Unavailable))
+        match tokio::time::timeout(REPLY_TIMEOUT, answer).await {
+            Ok(Ok(result)) => result,
+            _ => Err(CommandError::Unavailable),
+        }
     }
 }
 

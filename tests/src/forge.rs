@@ -48,7 +48,7 @@ impl Forger {
             b64(claims.to_string().as_bytes())
         );
         let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &self.key, Algorithm::ES256)
-            .unwrap_or_default();
+            .expect("ES256 signing with the forger's key");
         format!("{message}.{signature}")
     }
 }
@@ -74,6 +74,6 @@ pub fn hs256(header: &Value, claims: &Value, secret: &[u8]) -> String {
         &EncodingKey::from_secret(secret),
         Algorithm::HS256,
     )
-    .unwrap_or_default();
+    .expect("HS256 signing");
     format!("{message}.{signature}")
 }

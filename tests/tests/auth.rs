@@ -255,3 +255,50 @@ async fn a_configured_audience_must_be_in_the_token() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_key_rotated_in_is_fetched_once_when_its_first_token_arrives() {
+    let app = TestApp::spawn().await.unwrap();
+    let at_start = app.jwks.fetches();
+    let forger = Forger::new("rotated-in").unwrap();
+    let mut document = issuer().jwks();
+    document["keys"]
+        .as_array_mut()
+        .unwrap()
+        .push(forger.jwk.clone());
+    app.jwks.set_document(document);
+
+    let token = forger.sign(
+        &json!({"alg": "ES256", "kid": forger.kid}),
+        &claims(&uuid::Uuid::new_v4().to_string()),
+    );
+    assert_eq!(
+        status_of(&app, &token).await,
+        201,
+        "the new key is fetched and accepted"
+    );
+    assert_eq!(app.jwks.fetches(), at_start + 1, "exactly one refetch");
+    let unknown = forger.sign(
+        &json!({"alg": "ES256", "kid": "still-unknown"}),
+        &claims(&uuid::Uuid::new_v4().to_string()),
+    );
+    assert_eq!(status_of(&app, &unknown).await, 401);
+    assert_eq!(
+        app.jwks.fetches(),
+        at_start + 1,
+        "no second refetch within the cooldown"
+    );
+    let invalid = app
+        .client
+        .post(app.url("/api/users"))
+        .bearer_auth(&unknown)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        invalid.headers()["www-authenticate"],
+        "Bearer error=\"invalid_token\""
+    );
+    app.stop().await;
+}

@@ -62,10 +62,7 @@ async fn status_401_without_a_token() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        response.headers()["www-authenticate"],
-        "Bearer error=\"invalid_token\""
-    );
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
     problem(response, 401).await;
     app.stop().await;
 }
@@ -271,12 +268,12 @@ async fn nasty_bodies_are_422_and_append_nothing() {
         (
             "duplicate key",
             r#"{"title": "t", "title": "u", "body": "x"}"#.to_owned(),
-            "body",
+            "$",
         ),
         (
             "deep nesting",
             format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)),
-            "body",
+            "$",
         ),
         (
             "deep nesting in a field",
@@ -288,12 +285,12 @@ async fn nasty_bodies_are_422_and_append_nothing() {
             "title",
         ),
         ("malformed", r#"{"title": "t", "body": "#.to_owned(), "body"),
-        ("not an object", "[1, 2]".to_owned(), "body"),
-        ("empty", String::new(), "body"),
+        ("not an object", "[1, 2]".to_owned(), "$"),
+        ("empty", String::new(), "$"),
         (
             "trailing data",
             r#"{"title": "t", "body": "x"} {}"#.to_owned(),
-            "body",
+            "$",
         ),
         (
             "blank title",

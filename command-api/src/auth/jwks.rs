@@ -73,25 +73,27 @@ pub struct KeySet {
     url: String,
     client: reqwest::Client,
     keys: RwLock<Arc<HashMap<String, SigningKey>>>,
-    /// Serializes fetches (single flight) and remembers when the last one started.
-    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    /// Serializes on-demand refetches (single flight) and remembers when the last one
+    /// started. Background refreshes do not count: a key rotated in just after one
+    /// must still be fetched when its first token arrives.
+    last_refetch: tokio::sync::Mutex<Option<Instant>>,
     cooldown: Duration,
 }
 
 impl KeySet {
-    pub fn new(url: String, cooldown: Duration) -> Self {
+    pub fn new(url: String, cooldown: Duration) -> Result<Self, FetchError> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .unwrap_or_default();
-        Self {
+            .map_err(FetchError::Http)?;
+        Ok(Self {
             url,
             client,
             keys: RwLock::new(Arc::new(HashMap::new())),
-            last_fetch: tokio::sync::Mutex::new(None),
+            last_refetch: tokio::sync::Mutex::new(None),
             cooldown,
-        }
+        })
     }
 
     fn cached(&self, kid: &str) -> Option<SigningKey> {
@@ -108,7 +110,7 @@ impl KeySet {
         if let Some(key) = self.cached(kid) {
             return Some(key);
         }
-        let mut last = self.last_fetch.lock().await;
+        let mut last = self.last_refetch.lock().await;
         // Another request may have fetched while this one waited.
         if let Some(key) = self.cached(kid) {
             return Some(key);
@@ -125,8 +127,6 @@ impl KeySet {
 
     /// Fetches now (start-up and background refresh). On failure the cached keys stay.
     pub async fn refresh(&self) -> Result<usize, FetchError> {
-        let mut last = self.last_fetch.lock().await;
-        *last = Some(Instant::now());
         self.fetch().await
     }
 

@@ -131,7 +131,9 @@ impl Verifier {
             return Ok(principal);
         }
         let (principal, exp) = self.verify_signed(token, now).await?;
-        let until = (exp + LEEWAY_SECS as i64).min(now + VERIFIED_TTL_SECS);
+        let until = exp
+            .saturating_add(LEEWAY_SECS as i64)
+            .min(now + VERIFIED_TTL_SECS);
         self.remember(digest, &principal, until);
         Ok(principal)
     }
@@ -203,9 +205,7 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer_token(parts).ok_or_else(|| {
-            ApiError::Unauthorized("send Authorization: Bearer <token>".to_owned())
-        })?;
+        let token = bearer_token(parts).ok_or(ApiError::Unauthenticated)?;
         let principal = state
             .verifier
             .verify(token)
