@@ -313,3 +313,100 @@ async fn a_lost_stream_is_rebuilt_from_the_log_on_request() {
     assert_stream_equals_log(&nats, &app.stream, &app.pool, Duration::from_secs(20)).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_stream_is_provisioned_durable() {
+    let app = TestApp::spawn().await.unwrap();
+    let context = async_nats::jetstream::new(async_nats::connect(&app.nats_url).await.unwrap());
+    let mut stream = context.get_stream(&app.stream).await.unwrap();
+    let config = stream.info().await.unwrap().config.clone();
+    use async_nats::jetstream::stream::{DiscardPolicy, StorageType};
+    assert_eq!(config.storage, StorageType::File);
+    assert!(
+        config.duplicate_window >= Duration::from_secs(120),
+        "{:?}",
+        config.duplicate_window
+    );
+    assert_eq!(
+        config.discard,
+        DiscardPolicy::New,
+        "never silently drop unread events"
+    );
+    assert_eq!(
+        (config.max_messages, config.max_bytes, config.max_age),
+        (-1, -1, Duration::ZERO)
+    );
+    assert_eq!(config.subjects.len(), 1);
+    assert!(config.subjects[0].ends_with(".>"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_incompatible_stream_stops_the_start_with_a_clear_error() {
+    let jwks = JwksServer::start().await.unwrap();
+    let config = test_config(fresh_database().await.unwrap(), &jwks);
+    let context = async_nats::jetstream::new(async_nats::connect(&config.nats_url).await.unwrap());
+    context
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: config.stream.clone(),
+            subjects: vec![format!("{}.>", config.subject_prefix)],
+            storage: async_nats::jetstream::stream::StorageType::Memory,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let error = match command_api::build(config.clone()).await {
+        Err(error) => error.to_string(),
+        Ok(_) => panic!("a memory-storage stream was accepted"),
+    };
+    assert!(
+        error.contains("incompatible") && error.contains("memory"),
+        "{error}"
+    );
+    context.delete_stream(&config.stream).await.unwrap();
+}
+
+#[tokio::test]
+async fn projectors_tail_prints_the_stream_in_log_order() {
+    let app = TestApp::spawn().await.unwrap();
+    let (id, token) = app.register("Ada").await;
+    app.send(
+        Method::PATCH,
+        &format!("/api/users/{id}"),
+        &token,
+        json!({"name": "Ada L."}),
+    )
+    .await;
+    assert_stream_equals_log(
+        &app.nats_url,
+        &app.stream,
+        &app.pool,
+        Duration::from_secs(20),
+    )
+    .await;
+    let binary = keel_tests::api_process::binary().with_file_name("projectors");
+    let output = tokio::process::Command::new(binary)
+        .args(["tail", "--count", "2", "--idle-secs", "10"])
+        .env("NATS_URL", &app.nats_url)
+        .env("KEEL_STREAM", &app.stream)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].contains("type=user.registered") && lines[0].starts_with("seq=1 "),
+        "{text}"
+    );
+    assert!(
+        lines[1].contains("type=user.updated") && lines[1].contains(&format!("stream=user-{id}")),
+        "{text}"
+    );
+    app.stop().await;
+}

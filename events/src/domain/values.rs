@@ -112,6 +112,8 @@ impl Email {
                     && l.len() <= 63
                     && !l.starts_with('-')
                     && !l.ends_with('-')
+                    // `--` in the 3rd and 4th place is reserved for IDN A-labels (RFC 5891).
+                    && (l.get(2..4) != Some("--") || l.starts_with("xn--"))
                     && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
             });
         if local_ok && domain_ok {
@@ -169,6 +171,7 @@ mod tests {
             "a..b@example.com",
             "ada@exa mple.com",
             "ada@-example.com",
+            "ada@ab--cd.com",
         ] {
             assert!(Email::parse(bad).is_err(), "{bad}");
         }
