@@ -134,7 +134,7 @@ pub fn message(
     event: &RecordedEvent,
     expected_last: Option<&str>,
 ) -> Result<Message, envelope::EnvelopeError> {
-    let body = envelope::to_json(event)?;
+    let body = envelope::to_bytes(event)?;
     let mut headers = HeaderMap::new();
     headers.insert(
         async_nats::header::NATS_MESSAGE_ID,
@@ -147,6 +147,6 @@ pub fn message(
     Ok(Message {
         subject: bus.subject(&event.event_type),
         headers,
-        payload: Bytes::from(body.to_string()),
+        payload: Bytes::from(body),
     })
 }

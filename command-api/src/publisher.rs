@@ -50,10 +50,22 @@ pub enum PublishError {
 
 /// Where publishing resumes: the last published position, and the id of the stream's
 /// last message (what the next publish expects to follow).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Cursor {
     pub position: Position,
     pub last_msg_id: Option<String>,
+    /// The next batch, read while the previous one's acks were awaited.
+    ahead: Vec<event_log::RecordedEvent>,
+}
+
+impl Cursor {
+    pub fn new(position: Position, last_msg_id: Option<String>) -> Self {
+        Self {
+            position,
+            last_msg_id,
+            ahead: Vec::new(),
+        }
+    }
 }
 
 pub struct Publisher {
@@ -109,10 +121,8 @@ impl Publisher {
             if let Some(from) = outbox::take_republish_request(&mut leader).await? {
                 tracing::info!(from = from.0, "republishing the log");
                 stream = self.bus.ensure_stream(&self.jetstream).await?;
-                cursor = Cursor {
-                    position: Position(from.0 - 1),
-                    last_msg_id: resume(&mut stream, &mut leader).await?.last_msg_id,
-                };
+                let last_msg_id = resume(&mut stream, &mut leader).await?.last_msg_id;
+                cursor = Cursor::new(Position(from.0 - 1), last_msg_id);
             }
             if self.publish_batch(&mut leader, &mut cursor).await? == 0 {
                 tokio::select! {
@@ -132,10 +142,13 @@ impl Publisher {
         checkpoint: &mut PgConnection,
         cursor: &mut Cursor,
     ) -> Result<usize, PublishError> {
-        let batch = event_log::read_all(&self.pool, cursor.position, WINDOW).await?;
-        if batch.is_empty() {
+        let batch = match std::mem::take(&mut cursor.ahead) {
+            ahead if !ahead.is_empty() => ahead,
+            _ => event_log::read_all(&self.pool, cursor.position, WINDOW).await?,
+        };
+        let Some(last) = batch.last() else {
             return Ok(0);
-        }
+        };
         let mut acks = Vec::with_capacity(batch.len());
         let mut expected = cursor.last_msg_id.clone();
         for event in &batch {
@@ -147,12 +160,22 @@ impl Publisher {
             acks.push(ack);
             expected = Some(event.event_id.to_string());
         }
-        for (event, ack) in batch.iter().zip(acks) {
-            ack.await?;
-            cursor.position = event.position;
-            cursor.last_msg_id = Some(event.event_id.to_string());
-            self.metrics.add_published(1);
-        }
+        // Read the next batch while JetStream acknowledges this one.
+        let acknowledged = async {
+            for ack in acks {
+                ack.await?;
+            }
+            Ok::<(), PublishError>(())
+        };
+        let (acknowledged, ahead) = tokio::join!(
+            acknowledged,
+            event_log::read_all(&self.pool, last.position, WINDOW)
+        );
+        acknowledged?;
+        cursor.ahead = ahead.unwrap_or_default();
+        cursor.position = last.position;
+        cursor.last_msg_id = Some(last.event_id.to_string());
+        self.metrics.add_published(batch.len() as u64);
         outbox::advance(checkpoint, cursor.position).await?;
         tracing::debug!(
             events = batch.len(),
@@ -177,10 +200,7 @@ pub async fn resume(
         .state
         .clone();
     if state.messages == 0 {
-        return Ok(Cursor {
-            position: saved,
-            last_msg_id: None,
-        });
+        return Ok(Cursor::new(saved, None));
     }
     let last = stream
         .get_raw_message(state.last_sequence)
@@ -204,8 +224,8 @@ pub async fn resume(
             in_stream.0 + 1
         );
     }
-    Ok(Cursor {
-        position: in_stream.map_or(saved, |p| p.max(saved)),
+    Ok(Cursor::new(
+        in_stream.map_or(saved, |p| p.max(saved)),
         last_msg_id,
-    })
+    ))
 }

@@ -59,6 +59,13 @@ pub fn cloud_event(event: &RecordedEvent) -> Result<CloudEvent, EnvelopeError> {
     })
 }
 
+/// The event in the CloudEvents JSON format, serialized (the bus message body).
+pub fn to_bytes(event: &RecordedEvent) -> Result<Vec<u8>, EnvelopeError> {
+    let cloud_event = cloud_event(event)?;
+    // A built CloudEvent is made of strings, numbers and a JSON payload.
+    Ok(serde_json::to_vec(&cloud_event).unwrap_or_default())
+}
+
 /// The event in the CloudEvents JSON format (structured content mode).
 pub fn to_json(event: &RecordedEvent) -> Result<serde_json::Value, EnvelopeError> {
     let cloud_event = cloud_event(event)?;

@@ -5,15 +5,12 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use events::domain::{Event, UserEvent, user::UserRegistered};
-use events::event_log::{self, Metadata, NewEvent};
-use events::ids::{EventId, StreamId, UserId, Version};
 use futures::future::join_all;
 use keel_tests::api_process::ApiProcess;
 use keel_tests::nats_server::NatsServer;
 use keel_tests::stream::{count, log_ids, messages};
 use keel_tests::test_app::test_config;
-use keel_tests::{JwksServer, TestApp, eventually, fresh_database, unique_name};
+use keel_tests::{JwksServer, TestApp, eventually, fresh_database, prefill, unique_name};
 use reqwest::Method;
 use serde_json::json;
 
@@ -57,33 +54,6 @@ async fn assert_stream_equals_log(
                 cloudevents::AttributesReader::ty(&parsed)
             )
         );
-    }
-}
-
-/// Appends `n` registrations straight into the log (fast pre-fill for drain tests).
-async fn prefill(pool: &sqlx::PgPool, n: usize) {
-    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
-        let rows: Vec<NewEvent> = chunk
-            .iter()
-            .map(|i| {
-                let id = UserId::new();
-                NewEvent {
-                    event_id: EventId::new(),
-                    stream_id: StreamId::user(id),
-                    version: Version(1),
-                    event: Event::User(UserEvent::Registered(UserRegistered {
-                        id,
-                        email: format!("u{i}@pii.test"),
-                        name: format!("User {i}"),
-                        roles: vec![],
-                    })),
-                    metadata: Metadata::default(),
-                }
-            })
-            .collect();
-        let mut tx = pool.begin().await.unwrap();
-        event_log::insert(&mut tx, &rows).await.unwrap();
-        tx.commit().await.unwrap();
     }
 }
 
@@ -195,7 +165,7 @@ async fn a_publisher_killed_mid_drain_neither_loses_nor_duplicates() {
     let pool = command_api::prepare_database(&database_url, 4)
         .await
         .unwrap();
-    prefill(&pool, 20_000).await;
+    prefill(&pool, 20_000).await.unwrap();
     let nats = NatsServer::start().await.unwrap();
     let jwks = JwksServer::start().await.unwrap();
     let (stream, prefix) = (unique_name("EVENTS_TEST"), unique_name("test"));
@@ -264,7 +234,7 @@ async fn one_instance_publishes_at_a_time_and_another_takes_over_when_it_dies() 
         }
     })
     .await;
-    prefill(&pool, 2_000).await;
+    prefill(&pool, 2_000).await.unwrap();
     assert_stream_equals_log(&nats.url, &stream, &pool, Duration::from_secs(30)).await;
 
     let (dead, survivor) = if a == 1.0 {
@@ -274,7 +244,7 @@ async fn one_instance_publishes_at_a_time_and_another_takes_over_when_it_dies() 
     };
     assert_eq!(b + a, 1.0);
     dead.kill();
-    prefill(&pool, 2_000).await;
+    prefill(&pool, 2_000).await.unwrap();
     eventually(Duration::from_secs(10), "the survivor leads", || async {
         let gauge = survivor.metric("keel_publisher_leader").await;
         if gauge == Some(1.0) {

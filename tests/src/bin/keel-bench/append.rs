@@ -1,34 +1,16 @@
-//! `keel-bench`: Keel's figures beside the machine's own limits, measured in one run.
-//!
-//! `keel-bench append`: 32 HTTP clients register users and then rename them, each request
-//! with a real JWT, against the real command API on its own database; beside it,
-//! pgbench's bare one-row INSERT transaction at 32 clients on the same server.
+//! `append`: 32 HTTP clients register users and then rename them, each request with a
+//! real JWT, against the real command API on its own database; beside it, pgbench's bare
+//! one-row INSERT transaction at 32 clients on the same server.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Parser;
 use keel_tests::test_app::{mint, test_config};
 use keel_tests::{JwksServer, TestApp, fresh_database};
 use reqwest::Method;
 
-#[derive(Parser)]
-#[command(name = "keel-bench")]
-enum Cli {
-    /// HTTP commands/s and latency vs pgbench one-row INSERT TPS.
-    Append {
-        #[arg(long, default_value = "32")]
-        clients: usize,
-        #[arg(long, default_value = "10")]
-        seconds: u64,
-    },
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(index).copied().unwrap_or_default()
-}
+use crate::percentile;
 
 async fn drive_commands(
     app: &TestApp,
@@ -135,29 +117,22 @@ fn pgbench_insert_tps(database_url: &str, clients: usize, seconds: u64) -> anyho
         .with_context(|| format!("no tps in pgbench output: {text}"))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse() {
-        Cli::Append { clients, seconds } => {
-            let jwks = JwksServer::start().await?;
-            let mut config = test_config(fresh_database().await?, &jwks);
-            config.db_pool_size = 8;
-            let app = TestApp::spawn_with(config, jwks).await?;
-            let (rate, latencies) = drive_commands(&app, clients, seconds).await?;
-            let tps = pgbench_insert_tps(&app.database_url, clients, seconds)?;
-            let p50 = percentile(&latencies, 0.50);
-            let p99 = percentile(&latencies, 0.99);
-            println!(
-                "scenario  clients  keel commands/s  p50 ms  p99 ms  pgbench 1-row INSERT tps  ratio"
-            );
-            println!(
-                "append    {clients:>7}  {rate:>15.0}  {:>6.2}  {:>6.2}  {tps:>24.0}  {:>5.2}",
-                p50.as_secs_f64() * 1e3,
-                p99.as_secs_f64() * 1e3,
-                rate / tps
-            );
-            app.stop().await;
-        }
-    }
+pub async fn run(clients: usize, seconds: u64) -> anyhow::Result<()> {
+    let jwks = JwksServer::start().await?;
+    let mut config = test_config(fresh_database().await?, &jwks);
+    config.db_pool_size = 8;
+    let app = TestApp::spawn_with(config, jwks).await?;
+    let (rate, latencies) = drive_commands(&app, clients, seconds).await?;
+    let tps = pgbench_insert_tps(&app.database_url, clients, seconds)?;
+    let p50 = percentile(&latencies, 0.50);
+    let p99 = percentile(&latencies, 0.99);
+    println!("scenario  clients  keel commands/s  p50 ms  p99 ms  pgbench 1-row INSERT tps  ratio");
+    println!(
+        "append    {clients:>7}  {rate:>15.0}  {:>6.2}  {:>6.2}  {tps:>24.0}  {:>5.2}",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        rate / tps
+    );
+    app.stop().await;
     Ok(())
 }
