@@ -42,7 +42,7 @@ async fn of_16_concurrent_writers_with_the_same_if_match_exactly_one_wins() {
 }
 
 #[tokio::test]
-async fn of_100_concurrent_commands_with_the_same_if_match_one_wins_across_streams() {
+async fn of_100_concurrent_edits_of_a_post_with_the_same_if_match_one_wins() {
     let app = TestApp::spawn().await.unwrap();
     let (_, token) = app.register("Author").await;
     let post = app.published_post(&token).await;
@@ -139,4 +139,79 @@ async fn fifty_concurrent_replays_of_one_key_append_one_event_set() {
         1
     );
     app.stop().await;
+}
+
+#[tokio::test]
+async fn two_instances_on_one_log_keep_versions_contiguous_and_if_match_exact() {
+    let first = TestApp::spawn().await.unwrap();
+    let jwks = keel_tests::JwksServer::start().await.unwrap();
+    let mut config = keel_tests::test_app::test_config(first.database_url.clone(), &jwks);
+    config.stream = first.stream.clone();
+    let second = TestApp::spawn_with(config, jwks).await.unwrap();
+    let (id, token) = first.register("Ada").await;
+    let path = format!("/api/users/{id}");
+
+    // Each instance's cached state must see what the other appended.
+    let renamed = second
+        .send(Method::PATCH, &path, &token, json!({"name": "By second"}))
+        .await;
+    assert_eq!(renamed.status(), 200);
+    let stale = first
+        .request(Method::PATCH, &path, &token)
+        .header("if-match", "\"1\"")
+        .json(&json!({"name": "Stale"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        stale.status(),
+        412,
+        "the first instance saw the second's append"
+    );
+
+    let writes = (0..40).map(|i| {
+        let app = if i % 2 == 0 { &first } else { &second };
+        app.send(
+            Method::PATCH,
+            &path,
+            &token,
+            json!({"name": format!("Name {i}")}),
+        )
+    });
+    let statuses: Vec<u16> = join_all(writes)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let races = (0..10).map(|i| {
+        let app = if i % 2 == 0 { &first } else { &second };
+        app.request(Method::PATCH, &path, &token)
+            .header("if-match", "\"42\"")
+            .json(&json!({"name": format!("Race {i}")}))
+            .send()
+    });
+    let statuses: Vec<u16> = join_all(races)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM events WHERE stream_id = $1 ORDER BY position")
+            .bind(format!("user-{id}"))
+            .fetch_all(&first.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        versions,
+        (1..=43).collect::<Vec<i64>>(),
+        "one event per version, in log order"
+    );
+    second.stop().await;
+    first.stop().await;
 }
