@@ -34,8 +34,10 @@ pub const QUEUE_CAPACITY: usize = 4096;
 /// 10 s, lock 5 s) normally answer first; past this the outcome is unknown (503), and a
 /// retry with the same `Idempotency-Key` resolves it.
 pub const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
-/// Aggregates kept in memory; past this the cache starts over.
-pub const CACHE_CAPACITY: usize = 100_000;
+/// Aggregates kept in memory; past this the cache starts over. A post keeps its title and
+/// body (for no-op detection and full `post.updated` payloads), up to ~80 KB each, so
+/// this bounds the cache to under a gigabyte in the worst case, far less in practice.
+pub const CACHE_CAPACITY: usize = 10_000;
 
 /// A command with everything the writer needs to decide and record it.
 pub struct Submission {
