@@ -50,12 +50,11 @@ pub enum PublishError {
 
 /// Where publishing resumes: the last published position, and the id of the stream's
 /// last message (what the next publish expects to follow).
-#[derive(Debug, Clone, PartialEq)]
 pub struct Cursor {
     pub position: Position,
     pub last_msg_id: Option<String>,
-    /// The next batch, read while the previous one's acks were awaited.
-    ahead: Vec<event_log::RecordedEvent>,
+    /// The next batch, read and built while the previous one's acks were awaited.
+    ahead: Option<Prepared>,
 }
 
 impl Cursor {
@@ -63,9 +62,16 @@ impl Cursor {
         Self {
             position,
             last_msg_id,
-            ahead: Vec::new(),
+            ahead: None,
         }
     }
+}
+
+/// A batch ready to send: its messages, chained, and where it ends.
+struct Prepared {
+    messages: Vec<bus::Message>,
+    last_position: Position,
+    last_msg_id: String,
 }
 
 pub struct Publisher {
@@ -135,32 +141,57 @@ impl Publisher {
         Ok(())
     }
 
+    /// Reads the batch after `after` and builds its messages, the first one chained to
+    /// `expected_last`. `None` when the log has nothing new.
+    async fn prepare(
+        &self,
+        after: Position,
+        expected_last: Option<String>,
+    ) -> Result<Option<Prepared>, PublishError> {
+        let batch = event_log::read_all(&self.pool, after, WINDOW).await?;
+        let Some(last) = batch.last() else {
+            return Ok(None);
+        };
+        let mut expected = expected_last;
+        let mut messages = Vec::with_capacity(batch.len());
+        for event in &batch {
+            messages.push(bus::message(&self.bus, event, expected.as_deref())?);
+            expected = Some(event.event_id.to_string());
+        }
+        Ok(Some(Prepared {
+            messages,
+            last_position: last.position,
+            last_msg_id: last.event_id.to_string(),
+        }))
+    }
+
     /// Publishes the next batch after `cursor` and records the checkpoint; returns how
-    /// many events were published (0 when the log has nothing new).
+    /// many events were published (0 when the log has nothing new). While JetStream
+    /// acknowledges the batch, the next one is read and built.
     pub async fn publish_batch(
         &self,
         checkpoint: &mut PgConnection,
         cursor: &mut Cursor,
     ) -> Result<usize, PublishError> {
-        let batch = match std::mem::take(&mut cursor.ahead) {
-            ahead if !ahead.is_empty() => ahead,
-            _ => event_log::read_all(&self.pool, cursor.position, WINDOW).await?,
+        let prepared = match cursor.ahead.take() {
+            Some(prepared) => prepared,
+            None => match self
+                .prepare(cursor.position, cursor.last_msg_id.clone())
+                .await?
+            {
+                Some(prepared) => prepared,
+                None => return Ok(0),
+            },
         };
-        let Some(last) = batch.last() else {
-            return Ok(0);
-        };
-        let mut acks = Vec::with_capacity(batch.len());
-        let mut expected = cursor.last_msg_id.clone();
-        for event in &batch {
-            let message = bus::message(&self.bus, event, expected.as_deref())?;
+        let count = prepared.messages.len();
+        let mut acks = Vec::with_capacity(count);
+        for message in prepared.messages {
             let ack = self
                 .jetstream
                 .publish_with_headers(message.subject, message.headers, message.payload)
                 .await?;
             acks.push(ack);
-            expected = Some(event.event_id.to_string());
         }
-        // Read the next batch while JetStream acknowledges this one.
         let acknowledged = async {
             for ack in acks {
                 ack.await?;
@@ -169,20 +200,16 @@ impl Publisher {
         };
         let (acknowledged, ahead) = tokio::join!(
             acknowledged,
-            event_log::read_all(&self.pool, last.position, WINDOW)
+            self.prepare(prepared.last_position, Some(prepared.last_msg_id.clone()))
         );
         acknowledged?;
-        cursor.ahead = ahead.unwrap_or_default();
-        cursor.position = last.position;
-        cursor.last_msg_id = Some(last.event_id.to_string());
-        self.metrics.add_published(batch.len() as u64);
+        cursor.ahead = ahead.ok().flatten();
+        cursor.position = prepared.last_position;
+        cursor.last_msg_id = Some(prepared.last_msg_id);
+        self.metrics.add_published(count as u64);
         outbox::advance(checkpoint, cursor.position).await?;
-        tracing::debug!(
-            events = batch.len(),
-            position = cursor.position.0,
-            "published"
-        );
-        Ok(batch.len())
+        tracing::debug!(events = count, position = cursor.position.0, "published");
+        Ok(count)
     }
 }
 
