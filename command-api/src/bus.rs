@@ -129,12 +129,8 @@ pub struct Message {
 
 /// Builds the message; `expected_last` chains it to the message before it, so a gap
 /// (a lost earlier publish) is refused by the server instead of stored out of order.
-pub fn message(
-    bus: &Bus,
-    event: &RecordedEvent,
-    expected_last: Option<&str>,
-) -> Result<Message, envelope::EnvelopeError> {
-    let body = envelope::to_bytes(event)?;
+pub fn message(bus: &Bus, event: &RecordedEvent, expected_last: Option<&str>) -> Message {
+    let body = envelope::to_bytes(event);
     let mut headers = HeaderMap::new();
     headers.insert(
         async_nats::header::NATS_MESSAGE_ID,
@@ -144,9 +140,9 @@ pub fn message(
     if let Some(last) = expected_last {
         headers.insert(async_nats::header::NATS_EXPECTED_LAST_MESSAGE_ID, last);
     }
-    Ok(Message {
+    Message {
         subject: bus.subject(&event.event_type),
         headers,
         payload: Bytes::from(body),
-    })
+    }
 }

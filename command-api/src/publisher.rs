@@ -44,8 +44,6 @@ pub enum PublishError {
     Publish(#[from] jetstream::context::PublishError),
     #[error("reading the stream's last message failed")]
     LastMessage(#[source] Box<dyn std::error::Error + Send + Sync>),
-    #[error(transparent)]
-    Envelope(#[from] events::envelope::EnvelopeError),
 }
 
 /// Where publishing resumes: the last published position, and the id of the stream's
@@ -155,7 +153,7 @@ impl Publisher {
         let mut expected = expected_last;
         let mut messages = Vec::with_capacity(batch.len());
         for event in &batch {
-            messages.push(bus::message(&self.bus, event, expected.as_deref())?);
+            messages.push(bus::message(&self.bus, event, expected.as_deref()));
             expected = Some(event.event_id.to_string());
         }
         Ok(Some(Prepared {

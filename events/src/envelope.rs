@@ -1,8 +1,15 @@
-//! The CloudEvents 1.0 envelope of a logged event: built here and nowhere else.
+//! The CloudEvents 1.0 envelope of a logged event (structured content mode, JSON event
+//! format): built here and nowhere else.
+//!
+//! Serialized directly from a borrowed view of the event, with no intermediate builder:
+//! the publisher builds one per event on its hot path. Tests parse the output with
+//! cloudevents-sdk to prove it is a valid CloudEvent.
 
-use cloudevents::{Event as CloudEvent, EventBuilder, EventBuilderV10};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 
 use crate::event_log::RecordedEvent;
+use crate::ids::EventId;
 
 /// The `source` attribute: which Keel service owns events of this type.
 pub fn source(event_type: &str) -> &'static str {
@@ -18,57 +25,57 @@ pub fn dataschema(event_type: &str, schema_version: i32) -> String {
     format!("urn:keel:schemas:events/{event_type}.v{schema_version}.json")
 }
 
-/// A stored event that cannot be expressed as a CloudEvent (e.g. a corrupt type name).
-#[derive(Debug, thiserror::Error)]
-#[error("cannot build the CloudEvent of event {event_id}")]
-pub struct EnvelopeError {
-    pub event_id: uuid::Uuid,
-    #[source]
-    pub source: cloudevents::event::EventBuilderError,
+/// The attributes, Keel's extensions (`position`, `streamversion`, `correlationid`,
+/// `causationid`, and `traceparent` when known) and the data.
+#[derive(Serialize)]
+struct Structured<'a> {
+    specversion: &'static str,
+    id: EventId,
+    source: &'static str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    subject: String,
+    time: DateTime<Utc>,
+    datacontenttype: &'static str,
+    dataschema: String,
+    position: i64,
+    streamversion: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correlationid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    causationid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<&'a str>,
+    data: &'a serde_json::Value,
 }
 
-/// The event as a structured-mode CloudEvent, with Keel's extensions: `position`,
-/// `streamversion`, `correlationid`, `causationid` and, when known, `traceparent`.
-pub fn cloud_event(event: &RecordedEvent) -> Result<CloudEvent, EnvelopeError> {
-    let mut builder = EventBuilderV10::new()
-        .id(event.event_id.to_string())
-        .source(source(&event.event_type))
-        .ty(event.event_type.as_str())
-        .subject(event.stream_id.to_string())
-        .time(event.recorded_at)
-        .data_with_schema(
-            "application/json",
-            dataschema(&event.event_type, event.schema_version),
-            event.data.clone(),
-        )
-        .extension("position", event.position.0)
-        .extension("streamversion", event.version.0);
+fn structured(event: &RecordedEvent) -> Structured<'_> {
     let meta = &event.metadata;
-    for (name, value) in [
-        ("correlationid", &meta.correlation_id),
-        ("causationid", &meta.causation_id),
-        ("traceparent", &meta.traceparent),
-    ] {
-        if let Some(value) = value {
-            builder = builder.extension(name, value.as_str());
-        }
+    Structured {
+        specversion: "1.0",
+        id: event.event_id,
+        source: source(&event.event_type),
+        event_type: &event.event_type,
+        subject: event.stream_id.to_string(),
+        time: event.recorded_at,
+        datacontenttype: "application/json",
+        dataschema: dataschema(&event.event_type, event.schema_version),
+        position: event.position.0,
+        streamversion: event.version.0,
+        correlationid: meta.correlation_id.as_deref(),
+        causationid: meta.causation_id.as_deref(),
+        traceparent: meta.traceparent.as_deref(),
+        data: &event.data,
     }
-    builder.build().map_err(|source| EnvelopeError {
-        event_id: event.event_id.0,
-        source,
-    })
 }
 
 /// The event in the CloudEvents JSON format, serialized (the bus message body).
-pub fn to_bytes(event: &RecordedEvent) -> Result<Vec<u8>, EnvelopeError> {
-    let cloud_event = cloud_event(event)?;
-    // A built CloudEvent is made of strings, numbers and a JSON payload.
-    Ok(serde_json::to_vec(&cloud_event).unwrap_or_default())
+pub fn to_bytes(event: &RecordedEvent) -> Vec<u8> {
+    // Strings, integers, a timestamp and a JSON value: serializing cannot fail.
+    serde_json::to_vec(&structured(event)).unwrap_or_default()
 }
 
-/// The event in the CloudEvents JSON format (structured content mode).
-pub fn to_json(event: &RecordedEvent) -> Result<serde_json::Value, EnvelopeError> {
-    let cloud_event = cloud_event(event)?;
-    // A built CloudEvent is made of strings, numbers and a JSON payload.
-    Ok(serde_json::to_value(cloud_event).unwrap_or_default())
+/// The event in the CloudEvents JSON format, as a JSON value.
+pub fn to_json(event: &RecordedEvent) -> serde_json::Value {
+    serde_json::to_value(structured(event)).unwrap_or_default()
 }

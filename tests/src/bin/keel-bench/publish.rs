@@ -63,10 +63,7 @@ async fn bare_rate(database_url: &str, source: &Bus) -> anyhow::Result<f64> {
     };
     let context = jetstream::new(async_nats::connect(nats_url()).await?);
     bus.ensure_stream(&context).await?;
-    let messages = events
-        .iter()
-        .map(|e| bus::message(&bus, e, None))
-        .collect::<Result<Vec<_>, _>>()?;
+    let messages: Vec<bus::Message> = events.iter().map(|e| bus::message(&bus, e, None)).collect();
     let started = Instant::now();
     let mut messages = messages.into_iter().peekable();
     while messages.peek().is_some() {
