@@ -186,7 +186,6 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
         verifier,
         nats,
         redis,
-        service_keys: config.service_keys.clone(),
         metrics,
     };
     let listener = TcpListener::bind(&config.http_addr)

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use crate::auth::Verifier;
-use crate::config::ServiceKeys;
 use crate::metrics::Metrics;
 use crate::writer::WriterHandle;
 
@@ -16,6 +15,5 @@ pub struct AppState {
     pub verifier: Arc<Verifier>,
     pub nats: async_nats::Client,
     pub redis: redis::Client,
-    pub service_keys: ServiceKeys,
     pub metrics: Arc<Metrics>,
 }

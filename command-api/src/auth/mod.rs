@@ -1,5 +1,5 @@
-//! Who is calling: bearer JWTs verified locally against the identity provider's keys,
-//! and service API keys for `/internal/*`.
+//! Who is calling: bearer JWTs verified locally against the identity provider's keys.
+//! (Service API keys for `/internal/*` arrive with that endpoint.)
 //!
 //! Only the `kid` in the token header selects a key, and only from Keel's own cached
 //! JWKS: `jku`, `x5u`, `jwk` and `x5c` header fields are never followed. `alg` must be
@@ -18,9 +18,7 @@ use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
-use crate::config::ServiceKeys;
 use crate::error::ApiError;
 use crate::state::AppState;
 use events::ids::UserId;
@@ -222,13 +220,4 @@ pub fn bearer_token(parts: &Parts) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
-/// Whether `presented` is one of the configured service keys, compared in constant
-/// time (each candidate is compared in full; none is skipped early).
-pub fn is_service_key(keys: &ServiceKeys, presented: &str) -> bool {
-    keys.keys().iter().fold(false, |found, key| {
-        let equal: bool = key.as_bytes().ct_eq(presented.as_bytes()).into();
-        found | equal
-    })
 }
