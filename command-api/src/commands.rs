@@ -119,6 +119,7 @@ async fn execute(
             "Idempotency-Key",
             "already used with a different request",
         )])),
+        Err(error @ CommandError::Unreadable) => Err(ApiError::internal(error)),
         Err(CommandError::Unavailable) => Err(ApiError::Unavailable {
             dependency: "postgres",
             retry_after_secs: 1,

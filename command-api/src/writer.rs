@@ -16,7 +16,7 @@
 //! touched cache entries are dropped; a client that retries with the same
 //! `Idempotency-Key` gets exactly one outcome.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 use sqlx::PgPool;
@@ -80,6 +80,8 @@ pub enum CommandError {
     IdempotencyKeyReused,
     #[error("the event log is unavailable")]
     Unavailable,
+    #[error("a stream this command needs holds an event that cannot be decoded")]
+    Unreadable,
 }
 
 #[derive(Serialize)]
@@ -178,7 +180,7 @@ impl Writer {
         submissions: &[Submission],
     ) -> Result<Vec<Result<Outcome, CommandError>>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        self.lock_and_refresh(&mut tx, submissions).await?;
+        let unreadable = self.lock_and_refresh(&mut tx, submissions).await?;
         let stored = stored_responses(&mut tx, submissions).await?;
 
         let mut results: Vec<Result<Outcome, CommandError>> = Vec::with_capacity(submissions.len());
@@ -217,6 +219,11 @@ impl Writer {
                     continue;
                 }
             }
+            let stream = s.command.stream_id();
+            if unreadable.contains(&stream) || unreadable.contains(&StreamId::user(s.principal)) {
+                results.push(Err(CommandError::Unreadable));
+                continue;
+            }
             let standing = self
                 .cache
                 .get(&StreamId::user(s.principal))
@@ -228,7 +235,6 @@ impl Writer {
                 admin: s.admin,
                 standing,
             };
-            let stream = s.command.stream_id();
             let Some(entry) = self.cache.get_mut(&stream) else {
                 results.push(Err(CommandError::Unavailable));
                 continue;
@@ -336,11 +342,13 @@ impl Writer {
 
     /// Takes the append lock and brings every stream the batch touches (targets and
     /// actors) up to date.
+    /// Streams holding an event this code cannot decode are returned (and left out of
+    /// the cache): only their commands fail, not the batch.
     async fn lock_and_refresh(
         &mut self,
         tx: &mut sqlx::PgConnection,
         submissions: &[Submission],
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<HashSet<StreamId>, sqlx::Error> {
         let mut known: Vec<(StreamId, Version)> = Vec::new();
         for s in submissions {
             for stream in [s.command.stream_id(), StreamId::user(s.principal)] {
@@ -354,17 +362,32 @@ impl Writer {
                 }
             }
         }
+        let mut unreadable = HashSet::new();
         for recorded in event_log::lock_and_read_newer(tx, &known).await? {
-            let event = recorded
-                .decode()
-                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-            if let Some(entry) = self.cache.get_mut(&recorded.stream_id) {
-                entry.state.apply(&event);
-                entry.version = recorded.version;
-                entry.position = recorded.position;
+            if unreadable.contains(&recorded.stream_id) {
+                continue;
+            }
+            match recorded.decode() {
+                Ok(event) => {
+                    if let Some(entry) = self.cache.get_mut(&recorded.stream_id) {
+                        entry.state.apply(&event);
+                        entry.version = recorded.version;
+                        entry.position = recorded.position;
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(
+                        error = %error,
+                        stream_id = %recorded.stream_id,
+                        position = recorded.position.0,
+                        "an event of this stream cannot be decoded; its commands fail"
+                    );
+                    self.cache.remove(&recorded.stream_id);
+                    unreadable.insert(recorded.stream_id.clone());
+                }
             }
         }
-        Ok(())
+        Ok(unreadable)
     }
 }
 

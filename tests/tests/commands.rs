@@ -350,3 +350,40 @@ async fn health_and_readiness_answer() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_undecodable_event_fails_only_the_commands_of_its_stream() {
+    let app = TestApp::spawn().await.unwrap();
+    let (ada, ada_token) = app.register("Ada").await;
+    let mut others = Vec::new();
+    for i in 0..10 {
+        others.push(app.register(&format!("Other {i}")).await);
+    }
+    // A newer binary's event, or a corrupted row, that this code cannot decode.
+    sqlx::query(
+        "INSERT INTO events (event_id, stream_id, version, event_type, schema_version, data, metadata)
+         VALUES (gen_random_uuid(), $1, 2, 'user.renamed_by_the_future', 1, '{}', '{}')",
+    )
+    .bind(format!("user-{ada}"))
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let ada_path = format!("/api/users/{ada}");
+    let poisoned = app.send(Method::PATCH, &ada_path, &ada_token, json!({"name": "A"}));
+    let app_ref = &app;
+    let healthy = others.iter().map(|(id, token)| {
+        let path = format!("/api/users/{id}");
+        async move {
+            app_ref
+                .send(Method::PATCH, &path, token, json!({"name": "B"}))
+                .await
+                .status()
+        }
+    });
+    let (poisoned, healthy) = tokio::join!(poisoned, futures::future::join_all(healthy));
+    assert_eq!(poisoned.status(), 500);
+    let body = json_of(poisoned).await;
+    assert_eq!(body["type"], "urn:keel:problem:internal", "{body}");
+    assert!(healthy.iter().all(|s| *s == 200), "{healthy:?}");
+    app.stop().await;
+}
