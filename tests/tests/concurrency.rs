@@ -215,3 +215,28 @@ async fn two_instances_on_one_log_keep_versions_contiguous_and_if_match_exact() 
     second.stop().await;
     first.stop().await;
 }
+
+#[tokio::test]
+async fn a_key_older_than_24_hours_starts_afresh() {
+    let app = TestApp::spawn().await.unwrap();
+    let (_, token) = app.register("Ada").await;
+    let body = json!({"title": "Daily", "body": "x"});
+    let (_, _, first) = keyed(&app, &token, "daily-key", body.clone()).await;
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let count = app.event_count().await;
+    let (status, replayed, second) = keyed(&app, &token, "daily-key", body.clone()).await;
+    assert_eq!(
+        (status, replayed),
+        (201, None),
+        "an expired key is not replayed"
+    );
+    assert_ne!(second["id"], first["id"]);
+    assert_eq!(app.event_count().await, count + 1);
+    let (_, replayed, third) = keyed(&app, &token, "daily-key", body).await;
+    assert_eq!(replayed.as_deref(), Some("true"), "the renewed key replays");
+    assert_eq!(third, second);
+    app.stop().await;
+}
