@@ -92,6 +92,11 @@ impl Bus {
         if current.storage != stream::StorageType::File {
             return Err(self.incompatible("it uses memory storage, Keel needs file storage"));
         }
+        if current.retention != stream::RetentionPolicy::Limits || current.sealed {
+            return Err(self.incompatible(
+                "its retention is not `limits` (or it is sealed): events could be dropped",
+            ));
+        }
         if current.subjects != wanted.subjects || current.duplicate_window < MIN_DUPLICATE_WINDOW {
             let updated = stream::Config {
                 subjects: wanted.subjects.clone(),
@@ -127,9 +132,20 @@ pub struct Message {
     pub payload: Bytes,
 }
 
-/// Builds the message; `expected_last` chains it to the message before it, so a gap
-/// (a lost earlier publish) is refused by the server instead of stored out of order.
-pub fn message(bus: &Bus, event: &RecordedEvent, expected_last: Option<&str>) -> Message {
+/// What the server must find at the end of the stream before it stores a message: a gap
+/// (a lost earlier publish) is refused instead of stored out of order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect<'a> {
+    /// The stream's last sequence: for the first message after a (re)start or a pause.
+    /// The server keeps this across restarts, unlike the last message id, which it
+    /// rebuilds only from messages inside the duplicate window.
+    LastSequence(u64),
+    /// The previous message's id: within a batch, where sequences are not known yet.
+    LastMsgId(&'a str),
+}
+
+/// Builds the message, chained by `expect` when given.
+pub fn message(bus: &Bus, event: &RecordedEvent, expect: Option<Expect<'_>>) -> Message {
     let body = envelope::to_bytes(event);
     let mut headers = HeaderMap::new();
     headers.insert(
@@ -137,8 +153,15 @@ pub fn message(bus: &Bus, event: &RecordedEvent, expected_last: Option<&str>) ->
         event.event_id.to_string().as_str(),
     );
     headers.insert("content-type", "application/cloudevents+json");
-    if let Some(last) = expected_last {
-        headers.insert(async_nats::header::NATS_EXPECTED_LAST_MESSAGE_ID, last);
+    match expect {
+        Some(Expect::LastSequence(sequence)) => headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
+            sequence.to_string().as_str(),
+        ),
+        Some(Expect::LastMsgId(id)) => {
+            headers.insert(async_nats::header::NATS_EXPECTED_LAST_MESSAGE_ID, id)
+        }
+        None => {}
     }
     Message {
         subject: bus.subject(&event.event_type),

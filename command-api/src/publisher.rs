@@ -4,13 +4,16 @@
 //!   advisory lock on a dedicated Postgres connection; the others retry every second,
 //!   so when the leader dies (its connection closes) another takes over within seconds.
 //! - **In order, pipelined.** A batch of up to [`WINDOW`] events is published without
-//!   waiting, then the acks are awaited in order. Each message carries
-//!   `Nats-Expected-Last-Msg-Id` = the previous event's id: if an earlier publish was
+//!   waiting, then the acks are awaited in order. Every message says what must precede
+//!   it: the first of a fresh batch the stream's last sequence, the others the previous
+//!   event's id (`Nats-Expected-Last-Sequence` / `-Msg-Id`). If an earlier publish was
 //!   lost, the server refuses the later ones instead of storing them out of order.
-//! - **Exactly once in the stream.** `Nats-Msg-Id` = event id dedups retries inside the
-//!   duplicate window. Beyond it, a new leader first reads the stream's last message and
-//!   resumes after the position it carries (the checkpoint may lag the stream after a
-//!   crash between ack and checkpoint).
+//! - **Exactly once in the stream, the log's order.** `Nats-Msg-Id` = event id dedups
+//!   retries inside the duplicate window. Beyond it, a new leader reads the stream's last
+//!   message and resumes after the position it carries, moving the checkpoint to it:
+//!   forward after a crash between ack and checkpoint, backward when JetStream lost its
+//!   tail (the missing events are published again, in order). An empty stream that never
+//!   held a message (new, or deleted and recreated) is filled from the start of the log.
 //! - **Wake-up.** Appends NOTIFY `keel_appended`; the publisher also polls every second,
 //!   so a lost notification only delays, never loses.
 
@@ -22,7 +25,7 @@ use sqlx::Connection;
 use sqlx::postgres::{PgConnection, PgListener, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{self, Bus, StreamError};
+use crate::bus::{self, Bus, Expect, StreamError};
 use crate::metrics::Metrics;
 use events::ids::Position;
 use events::{event_log, outbox};
@@ -46,20 +49,20 @@ pub enum PublishError {
     LastMessage(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// Where publishing resumes: the last published position, and the id of the stream's
-/// last message (what the next publish expects to follow).
+/// Where publishing resumes: the last published position, and the stream's last
+/// sequence (what the next fresh batch expects to follow).
 pub struct Cursor {
     pub position: Position,
-    pub last_msg_id: Option<String>,
+    pub last_sequence: u64,
     /// The next batch, read and built while the previous one's acks were awaited.
     ahead: Option<Prepared>,
 }
 
 impl Cursor {
-    pub fn new(position: Position, last_msg_id: Option<String>) -> Self {
+    pub fn new(position: Position, last_sequence: u64) -> Self {
         Self {
             position,
-            last_msg_id,
+            last_sequence,
             ahead: None,
         }
     }
@@ -70,6 +73,14 @@ struct Prepared {
     messages: Vec<bus::Message>,
     last_position: Position,
     last_msg_id: String,
+}
+
+/// What the first message of a batch expects to follow.
+enum After {
+    /// The stream's last sequence (a fresh batch).
+    Sequence(u64),
+    /// The previous batch's last message (a batch read ahead).
+    MsgId(String),
 }
 
 pub struct Publisher {
@@ -123,15 +134,22 @@ impl Publisher {
         let mut cursor = resume(&mut stream, &mut leader).await?;
         while !stop.is_cancelled() {
             if let Some(from) = outbox::take_republish_request(&mut leader).await? {
-                tracing::info!(from = from.0, "republishing the log");
                 stream = self.bus.ensure_stream(&self.jetstream).await?;
-                let last_msg_id = resume(&mut stream, &mut leader).await?.last_msg_id;
-                cursor = Cursor::new(Position(from.0 - 1), last_msg_id);
+                let resumed = resume(&mut stream, &mut leader).await?;
+                // Never behind what the stream already holds: that would store twice.
+                let position = Position((from.0 - 1).max(0)).max(resumed.position);
+                tracing::info!(from = position.0 + 1, "republishing the log");
+                outbox::rewind(&mut leader, position).await?;
+                cursor = Cursor::new(position, resumed.last_sequence);
             }
             if self.publish_batch(&mut leader, &mut cursor).await? == 0 {
                 tokio::select! {
                     () = stop.cancelled() => {}
-                    _ = listener.recv() => {}
+                    woke = listener.recv() => {
+                        if woke.is_err() {
+                            tokio::time::sleep(POLL).await;
+                        }
+                    }
                     () = tokio::time::sleep(POLL) => {}
                 }
             }
@@ -139,22 +157,26 @@ impl Publisher {
         Ok(())
     }
 
-    /// Reads the batch after `after` and builds its messages, the first one chained to
-    /// `expected_last`. `None` when the log has nothing new.
+    /// Reads the batch after `after` and builds its messages, the first one chained as
+    /// `first`, each later one to its predecessor. `None` when the log has nothing new.
     async fn prepare(
         &self,
         after: Position,
-        expected_last: Option<String>,
+        first: After,
     ) -> Result<Option<Prepared>, PublishError> {
         let batch = event_log::read_all(&self.pool, after, WINDOW).await?;
         let Some(last) = batch.last() else {
             return Ok(None);
         };
-        let mut expected = expected_last;
         let mut messages = Vec::with_capacity(batch.len());
+        let mut previous: Option<String> = None;
         for event in &batch {
-            messages.push(bus::message(&self.bus, event, expected.as_deref()));
-            expected = Some(event.event_id.to_string());
+            let expect = match (&previous, &first) {
+                (Some(id), _) | (None, After::MsgId(id)) => Expect::LastMsgId(id),
+                (None, After::Sequence(sequence)) => Expect::LastSequence(*sequence),
+            };
+            messages.push(bus::message(&self.bus, event, Some(expect)));
+            previous = Some(event.event_id.to_string());
         }
         Ok(Some(Prepared {
             messages,
@@ -174,7 +196,7 @@ impl Publisher {
         let prepared = match cursor.ahead.take() {
             Some(prepared) => prepared,
             None => match self
-                .prepare(cursor.position, cursor.last_msg_id.clone())
+                .prepare(cursor.position, After::Sequence(cursor.last_sequence))
                 .await?
             {
                 Some(prepared) => prepared,
@@ -191,19 +213,24 @@ impl Publisher {
             acks.push(ack);
         }
         let acknowledged = async {
+            let mut last_sequence = None;
             for ack in acks {
-                ack.await?;
+                last_sequence = Some(ack.await?.sequence);
             }
-            Ok::<(), PublishError>(())
+            Ok::<_, PublishError>(last_sequence)
         };
         let (acknowledged, ahead) = tokio::join!(
             acknowledged,
-            self.prepare(prepared.last_position, Some(prepared.last_msg_id.clone()))
+            self.prepare(
+                prepared.last_position,
+                After::MsgId(prepared.last_msg_id.clone())
+            )
         );
-        acknowledged?;
+        if let Some(sequence) = acknowledged? {
+            cursor.last_sequence = sequence;
+        }
         cursor.ahead = ahead.ok().flatten();
         cursor.position = prepared.last_position;
-        cursor.last_msg_id = Some(prepared.last_msg_id);
         self.metrics.add_published(count as u64);
         outbox::advance(checkpoint, cursor.position).await?;
         tracing::debug!(events = count, position = cursor.position.0, "published");
@@ -211,8 +238,35 @@ impl Publisher {
     }
 }
 
-/// Where to resume: after the checkpoint, or after the stream's last message if the
-/// stream is ahead (a crash between ack and checkpoint).
+/// The position carried by the stream's newest message. Messages at the end of the
+/// stream may have been deleted, so it looks back, at most [`WINDOW`] messages.
+async fn last_position(
+    stream: &stream::Stream,
+    first: u64,
+    last: u64,
+) -> Result<Option<Position>, PublishError> {
+    let mut sequence = last;
+    while sequence >= first.max(1) && last - sequence < WINDOW as u64 {
+        if let Ok(message) = stream.get_raw_message(sequence).await {
+            return Ok(
+                serde_json::from_slice::<serde_json::Value>(&message.payload)
+                    .ok()
+                    .and_then(|body| body.get("position").and_then(serde_json::Value::as_i64))
+                    .map(Position),
+            );
+        }
+        sequence -= 1;
+    }
+    Err(PublishError::LastMessage(
+        format!("no readable message among the stream's last {WINDOW}").into(),
+    ))
+}
+
+/// Where to resume, from the stream itself: after the position its last message
+/// carries. The checkpoint is moved there (forward after a crash between ack and
+/// checkpoint, backward if JetStream lost its tail). A stream that was purged (empty,
+/// but with a sequence) keeps the checkpoint; one that never held a message starts at
+/// the beginning of the log.
 pub async fn resume(
     stream: &mut stream::Stream,
     checkpoint: &mut PgConnection,
@@ -224,33 +278,26 @@ pub async fn resume(
         .map_err(|e| PublishError::LastMessage(Box::new(e)))?
         .state
         .clone();
-    if state.messages == 0 {
-        return Ok(Cursor::new(saved, None));
-    }
-    let last = stream
-        .get_raw_message(state.last_sequence)
-        .await
-        .map_err(|e| PublishError::LastMessage(Box::new(e)))?;
-    let last_msg_id = last
-        .headers
-        .get(async_nats::header::NATS_MESSAGE_ID)
-        .map(|id| id.as_str().to_owned());
-    let in_stream = serde_json::from_slice::<serde_json::Value>(&last.payload)
-        .ok()
-        .and_then(|body| body.get("position").and_then(serde_json::Value::as_i64))
-        .map(Position);
-    if let Some(in_stream) = in_stream
-        && in_stream < saved
-    {
+    let position = if state.messages == 0 {
+        if state.last_sequence == 0 {
+            Position(0)
+        } else {
+            saved
+        }
+    } else {
+        last_position(stream, state.first_sequence, state.last_sequence)
+            .await?
+            .unwrap_or(saved)
+    };
+    if position < saved {
         tracing::warn!(
-            stream_position = in_stream.0,
+            stream_position = position.0,
             checkpoint = saved.0,
-            "the stream is behind the log (JetStream lost data?): run `command-api republish --from {}`",
-            in_stream.0 + 1
+            "the stream is behind the log (JetStream lost data); publishing the missing events"
         );
     }
-    Ok(Cursor::new(
-        in_stream.map_or(saved, |p| p.max(saved)),
-        last_msg_id,
-    ))
+    if position != saved {
+        outbox::rewind(&mut *checkpoint, position).await?;
+    }
+    Ok(Cursor::new(position, state.last_sequence))
 }

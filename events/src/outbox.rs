@@ -28,6 +28,15 @@ pub async fn advance(executor: impl PgExecutor<'_>, to: Position) -> Result<(), 
     .map(drop)
 }
 
+/// Sets the checkpoint to what the stream really holds (the publisher's resume).
+pub async fn rewind(executor: impl PgExecutor<'_>, to: Position) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE outbox_checkpoint SET position = $1, updated_at = now()")
+        .bind(to.0)
+        .execute(executor)
+        .await
+        .map(drop)
+}
+
 /// Asks the active publisher to publish the log again from `from` (inclusive).
 pub async fn request_republish(
     executor: impl PgExecutor<'_>,

@@ -25,7 +25,10 @@ pub async fn messages(nats_url: &str, stream: &str) -> anyhow::Result<Vec<Stored
         if state.messages == 0 {
             break;
         }
-        let message = stream.get_raw_message(sequence).await?;
+        // Deleted messages leave holes in the sequence.
+        let Ok(message) = stream.get_raw_message(sequence).await else {
+            continue;
+        };
         let header = |name: &str| {
             message
                 .headers

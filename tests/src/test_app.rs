@@ -18,6 +18,7 @@ pub struct TestApp {
     pub database_url: String,
     /// The JetStream stream this instance publishes to, on `nats_url`.
     pub stream: String,
+    pub subject_prefix: String,
     pub nats_url: String,
     pub pool: sqlx::PgPool,
     pub jwks: JwksServer,
@@ -39,6 +40,7 @@ impl TestApp {
         let database_url = config.database_url.clone();
         let stream = config.stream.clone();
         let nats_url = config.nats_url.clone();
+        let subject_prefix = config.subject_prefix.clone();
         let app = command_api::build(config).await?;
         let base_url = format!("http://{}", app.local_addr());
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -57,6 +59,7 @@ impl TestApp {
             base_url,
             database_url,
             stream,
+            subject_prefix,
             nats_url,
             pool,
             jwks,
@@ -68,17 +71,23 @@ impl TestApp {
 
     /// Stops the server gracefully, waits for it, and deletes its stream from the
     /// shared NATS server.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        let (nats_url, stream) = (self.nats_url.clone(), self.stream.clone());
+        self.stop_keeping_stream().await;
+        if let Ok(client) = async_nats::connect(&nats_url).await {
+            let _ = async_nats::jetstream::new(client)
+                .delete_stream(&stream)
+                .await;
+        }
+    }
+
+    /// Stops the server gracefully and waits for it; its stream stays.
+    pub async fn stop_keeping_stream(mut self) {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
         if let Some(server) = self.server.take() {
             let _ = server.await;
-        }
-        if let Ok(client) = async_nats::connect(&self.nats_url).await {
-            let _ = async_nats::jetstream::new(client)
-                .delete_stream(&self.stream)
-                .await;
         }
     }
 

@@ -3,7 +3,7 @@
 //! publisher crashes and leader changes.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use keel_tests::api_process::ApiProcess;
@@ -379,4 +379,94 @@ async fn projectors_tail_prints_the_stream_in_log_order() {
         "{text}"
     );
     app.stop().await;
+}
+
+#[tokio::test]
+async fn publishing_resumes_after_a_nats_restart_that_forgot_the_last_message_id() {
+    let mut nats = NatsServer::start().await.unwrap();
+    let jwks = JwksServer::start().await.unwrap();
+    let mut config = test_config(fresh_database().await.unwrap(), &jwks);
+    config.nats_url = nats.url.clone();
+    let stream = config.stream.clone();
+    let app = TestApp::spawn_with(config, jwks).await.unwrap();
+    let (id, token) = app.register("Ada").await;
+    assert_stream_equals_log(&nats.url, &stream, &app.pool, Duration::from_secs(20)).await;
+
+    // After a restart the server rebuilds "last message id" only from messages inside
+    // the duplicate window. Shrink the window so the last message falls outside it.
+    let context = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    let mut config = context
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    config.duplicate_window = Duration::from_millis(100);
+    context.update_stream(config).await.unwrap();
+    let stored_at = Instant::now();
+    nats.stop();
+    // The condition under test, not a wait for an effect: the window must have passed.
+    tokio::time::sleep(Duration::from_millis(300).saturating_sub(stored_at.elapsed())).await;
+    nats.start_again().await.unwrap();
+
+    let renamed = app
+        .send(
+            Method::PATCH,
+            &format!("/api/users/{id}"),
+            &token,
+            json!({"name": "After"}),
+        )
+        .await;
+    assert_eq!(renamed.status(), 200);
+    assert_stream_equals_log(&nats.url, &stream, &app.pool, Duration::from_secs(30)).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_that_lost_its_tail_is_refilled_in_order() {
+    let mut nats = NatsServer::start().await.unwrap();
+    let jwks = JwksServer::start().await.unwrap();
+    let mut config = test_config(fresh_database().await.unwrap(), &jwks);
+    config.nats_url = nats.url.clone();
+    let app = TestApp::spawn_with(config.clone(), jwks).await.unwrap();
+    let (id, token) = app.register("Ada").await;
+    for n in 0..4 {
+        app.send(
+            Method::PATCH,
+            &format!("/api/users/{id}"),
+            &token,
+            json!({"name": format!("N{n}")}),
+        )
+        .await;
+    }
+    assert_stream_equals_log(
+        &nats.url,
+        &config.stream,
+        &app.pool,
+        Duration::from_secs(20),
+    )
+    .await;
+    let pool = app.pool.clone();
+    app.stop_keeping_stream().await;
+
+    // JetStream loses its last two messages, as when an OS crash beats its disk sync:
+    // delete them, then restart the server (which forgets their ids too).
+    let context = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    let stream = context.get_stream(&config.stream).await.unwrap();
+    for sequence in [4, 5] {
+        stream.delete_message(sequence).await.unwrap();
+    }
+    nats.stop();
+    nats.start_again().await.unwrap();
+    assert_eq!(count(&nats.url, &config.stream).await.unwrap(), 3);
+
+    // The next leader resumes from what the stream holds and publishes the rest again.
+    let jwks = JwksServer::start().await.unwrap();
+    config.jwks_url = jwks.url.clone();
+    let second = TestApp::spawn_with(config, jwks).await.unwrap();
+    assert_stream_equals_log(&nats.url, &second.stream, &pool, Duration::from_secs(20)).await;
+    second.stop().await;
 }
