@@ -34,6 +34,8 @@ use events::{event_log, outbox};
 pub const WINDOW: i64 = 1024;
 /// How often a follower tries to become the leader, and the leader polls when idle.
 pub const POLL: Duration = Duration::from_secs(1);
+/// How long the leader's session may stay silent before Postgres ends it.
+pub const LEADER_IDLE: Duration = Duration::from_secs(5);
 /// The session advisory lock that makes one instance the publisher.
 const LEADER_LOCK: i64 = 7_261_530_813_950_018;
 
@@ -113,6 +115,13 @@ impl Publisher {
 
     async fn lead(&self, stop: &CancellationToken) -> Result<(), PublishError> {
         let mut leader = PgConnection::connect(&self.database_url).await?;
+        // A leader that stops answering (SIGSTOP, a partition) must lose the lock: the
+        // active leader queries at least every POLL, so a session idle for longer is
+        // ended by Postgres and another instance takes over.
+        let idle = format!("SET idle_session_timeout = '{}ms'", LEADER_IDLE.as_millis());
+        if let Err(error) = sqlx::query(&idle).execute(&mut leader).await {
+            tracing::warn!(error = %error, "idle_session_timeout unsupported (Postgres < 14): a frozen leader keeps the lock");
+        }
         loop {
             let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
                 .bind(LEADER_LOCK)

@@ -63,6 +63,13 @@ impl ApiProcess {
         let _ = self.child.wait();
     }
 
+    /// SIGSTOP / SIGCONT: freeze and thaw the process.
+    pub fn signal(&self, signal: &str) {
+        let _ = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status();
+    }
+
     /// One metric's value from `/metrics`.
     pub async fn metric(&self, name: &str) -> Option<f64> {
         let text = reqwest::get(format!("{}/metrics", self.base_url))

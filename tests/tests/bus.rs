@@ -470,3 +470,50 @@ async fn a_stream_that_lost_its_tail_is_refilled_in_order() {
     assert_stream_equals_log(&nats.url, &second.stream, &pool, Duration::from_secs(20)).await;
     second.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_loses_the_lead_and_the_stream_stays_exact() {
+    let database_url = fresh_database().await.unwrap();
+    let pool = command_api::prepare_database(&database_url, 4)
+        .await
+        .unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let jwks = JwksServer::start().await.unwrap();
+    let (stream, prefix) = (unique_name("EVENTS_TEST"), unique_name("test"));
+    let env = process_env(&database_url, &jwks, &nats.url, &stream, &prefix);
+    let first = ApiProcess::spawn(&env).await.unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the first instance leads",
+        || async {
+            let gauge = first.metric("keel_publisher_leader").await;
+            if gauge == Some(1.0) {
+                Ok(())
+            } else {
+                Err(format!("leader gauge {gauge:?}"))
+            }
+        },
+    )
+    .await;
+    let second = ApiProcess::spawn(&env).await.unwrap();
+
+    first.signal("STOP");
+    prefill(&pool, 2_000).await.unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the second instance takes over",
+        || async {
+            let gauge = second.metric("keel_publisher_leader").await;
+            if gauge == Some(1.0) {
+                Ok(())
+            } else {
+                Err(format!("leader gauge {gauge:?}"))
+            }
+        },
+    )
+    .await;
+    assert_stream_equals_log(&nats.url, &stream, &pool, Duration::from_secs(30)).await;
+    first.signal("CONT");
+    prefill(&pool, 500).await.unwrap();
+    assert_stream_equals_log(&nats.url, &stream, &pool, Duration::from_secs(30)).await;
+}
