@@ -88,12 +88,8 @@ async fn the_stream_equals_the_log_after_a_burst_of_concurrent_commands() {
 
 #[tokio::test]
 async fn commands_succeed_while_nats_is_down_and_all_arrive_once_in_order_after() {
-    let mut nats = NatsServer::start().await.unwrap();
-    let jwks = JwksServer::start().await.unwrap();
-    let mut config = test_config(fresh_database().await.unwrap(), &jwks);
-    config.nats_url = nats.url.clone();
-    let stream = config.stream.clone();
-    let app = TestApp::spawn_with(config, jwks).await.unwrap();
+    let (mut nats, app, config) = app_on_own_nats().await;
+    let stream = config.stream;
     let (id, token) = app.register("Ada").await;
 
     nats.stop();
@@ -138,38 +134,85 @@ async fn commands_succeed_while_nats_is_down_and_all_arrive_once_in_order_after(
     app.stop().await;
 }
 
-fn process_env(
-    database_url: &str,
-    jwks: &JwksServer,
-    nats_url: &str,
-    stream: &str,
-    prefix: &str,
-) -> Vec<(&'static str, String)> {
-    vec![
-        ("DATABASE_URL", database_url.to_owned()),
-        ("NATS_URL", nats_url.to_owned()),
-        ("KEEL_JWKS_URL", jwks.url.clone()),
-        (
-            "KEEL_JWT_ISSUER",
-            keel_tests::jwks_server::issuer().issuer().to_owned(),
-        ),
-        ("KEEL_STREAM", stream.to_owned()),
-        ("KEEL_SUBJECT_PREFIX", prefix.to_owned()),
-        ("KEEL_DB_POOL_SIZE", "4".to_owned()),
-    ]
+/// A database, a nats-server of the test's own, and the environment for `command-api`
+/// processes sharing them (for tests that SIGKILL or SIGSTOP the real binary).
+struct Cluster {
+    pool: sqlx::PgPool,
+    nats: NatsServer,
+    stream: String,
+    env: Vec<(&'static str, String)>,
+    _jwks: JwksServer,
+}
+
+impl Cluster {
+    async fn start() -> Self {
+        let database_url = fresh_database().await.unwrap();
+        let pool = command_api::prepare_database(&database_url, 4)
+            .await
+            .unwrap();
+        let nats = NatsServer::start().await.unwrap();
+        let jwks = JwksServer::start().await.unwrap();
+        let stream = unique_name("EVENTS_TEST");
+        let env = vec![
+            ("DATABASE_URL", database_url),
+            ("NATS_URL", nats.url.clone()),
+            ("KEEL_JWKS_URL", jwks.url.clone()),
+            (
+                "KEEL_JWT_ISSUER",
+                keel_tests::jwks_server::issuer().issuer().to_owned(),
+            ),
+            ("KEEL_STREAM", stream.clone()),
+            ("KEEL_SUBJECT_PREFIX", unique_name("test")),
+            ("KEEL_DB_POOL_SIZE", "4".to_owned()),
+        ];
+        Self {
+            pool,
+            nats,
+            stream,
+            env,
+            _jwks: jwks,
+        }
+    }
+}
+
+/// The instance's `keel_publisher_leader` gauge (-1 when it does not answer).
+async fn leader_gauge(api: &ApiProcess) -> f64 {
+    api.metric("keel_publisher_leader").await.unwrap_or(-1.0)
+}
+
+/// Waits until `api` reports itself the active publisher.
+async fn leads(api: &ApiProcess, within: Duration, what: &str) {
+    eventually(within, what, || async {
+        let gauge = leader_gauge(api).await;
+        if gauge == 1.0 {
+            Ok(())
+        } else {
+            Err(format!("leader gauge {gauge}"))
+        }
+    })
+    .await;
+}
+
+/// An in-process command API publishing to a nats-server of the test's own.
+async fn app_on_own_nats() -> (NatsServer, TestApp, command_api::Config) {
+    let nats = NatsServer::start().await.unwrap();
+    let jwks = JwksServer::start().await.unwrap();
+    let mut config = test_config(fresh_database().await.unwrap(), &jwks);
+    config.nats_url = nats.url.clone();
+    let app = TestApp::spawn_with(config.clone(), jwks).await.unwrap();
+    (nats, app, config)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publisher_killed_mid_drain_neither_loses_nor_duplicates() {
-    let database_url = fresh_database().await.unwrap();
-    let pool = command_api::prepare_database(&database_url, 4)
-        .await
-        .unwrap();
+    let Cluster {
+        pool,
+        nats,
+        stream,
+        env,
+        _jwks,
+    } = Cluster::start().await;
     prefill(&pool, 20_000).await.unwrap();
-    let nats = NatsServer::start().await.unwrap();
-    let jwks = JwksServer::start().await.unwrap();
-    let (stream, prefix) = (unique_name("EVENTS_TEST"), unique_name("test"));
-    let env = process_env(&database_url, &jwks, &nats.url, &stream, &prefix);
 
     // Kill the publisher as soon as it has published something, while events remain.
     let mut kills_mid_drain = 0;
@@ -210,23 +253,18 @@ async fn a_publisher_killed_mid_drain_neither_loses_nor_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_instance_publishes_at_a_time_and_another_takes_over_when_it_dies() {
-    let database_url = fresh_database().await.unwrap();
-    let pool = command_api::prepare_database(&database_url, 4)
-        .await
-        .unwrap();
-    let nats = NatsServer::start().await.unwrap();
-    let jwks = JwksServer::start().await.unwrap();
-    let (stream, prefix) = (unique_name("EVENTS_TEST"), unique_name("test"));
-    let env = process_env(&database_url, &jwks, &nats.url, &stream, &prefix);
+    let Cluster {
+        pool,
+        nats,
+        stream,
+        env,
+        _jwks,
+    } = Cluster::start().await;
     let first = ApiProcess::spawn(&env).await.unwrap();
     let second = ApiProcess::spawn(&env).await.unwrap();
 
-    let leaders = || async { (first_leader(&first).await, first_leader(&second).await) };
-    async fn first_leader(api: &ApiProcess) -> f64 {
-        api.metric("keel_publisher_leader").await.unwrap_or(-1.0)
-    }
     let (a, b) = eventually(Duration::from_secs(10), "exactly one leader", || async {
-        let (a, b) = leaders().await;
+        let (a, b) = (leader_gauge(&first).await, leader_gauge(&second).await);
         if a + b == 1.0 {
             Ok((a, b))
         } else {
@@ -245,15 +283,7 @@ async fn one_instance_publishes_at_a_time_and_another_takes_over_when_it_dies() 
     assert_eq!(b + a, 1.0);
     dead.kill();
     prefill(&pool, 2_000).await.unwrap();
-    eventually(Duration::from_secs(10), "the survivor leads", || async {
-        let gauge = survivor.metric("keel_publisher_leader").await;
-        if gauge == Some(1.0) {
-            Ok(())
-        } else {
-            Err(format!("leader gauge {gauge:?}"))
-        }
-    })
-    .await;
+    leads(&survivor, Duration::from_secs(10), "the survivor leads").await;
     assert_stream_equals_log(&nats.url, &stream, &pool, Duration::from_secs(30)).await;
 }
 
@@ -383,12 +413,8 @@ async fn projectors_tail_prints_the_stream_in_log_order() {
 
 #[tokio::test]
 async fn publishing_resumes_after_a_nats_restart_that_forgot_the_last_message_id() {
-    let mut nats = NatsServer::start().await.unwrap();
-    let jwks = JwksServer::start().await.unwrap();
-    let mut config = test_config(fresh_database().await.unwrap(), &jwks);
-    config.nats_url = nats.url.clone();
-    let stream = config.stream.clone();
-    let app = TestApp::spawn_with(config, jwks).await.unwrap();
+    let (mut nats, app, config) = app_on_own_nats().await;
+    let stream = config.stream;
     let (id, token) = app.register("Ada").await;
     assert_stream_equals_log(&nats.url, &stream, &app.pool, Duration::from_secs(20)).await;
 
@@ -427,11 +453,7 @@ async fn publishing_resumes_after_a_nats_restart_that_forgot_the_last_message_id
 
 #[tokio::test]
 async fn a_stream_that_lost_its_tail_is_refilled_in_order() {
-    let mut nats = NatsServer::start().await.unwrap();
-    let jwks = JwksServer::start().await.unwrap();
-    let mut config = test_config(fresh_database().await.unwrap(), &jwks);
-    config.nats_url = nats.url.clone();
-    let app = TestApp::spawn_with(config.clone(), jwks).await.unwrap();
+    let (mut nats, app, mut config) = app_on_own_nats().await;
     let (id, token) = app.register("Ada").await;
     for n in 0..4 {
         app.send(
@@ -473,43 +495,23 @@ async fn a_stream_that_lost_its_tail_is_refilled_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_leader_loses_the_lead_and_the_stream_stays_exact() {
-    let database_url = fresh_database().await.unwrap();
-    let pool = command_api::prepare_database(&database_url, 4)
-        .await
-        .unwrap();
-    let nats = NatsServer::start().await.unwrap();
-    let jwks = JwksServer::start().await.unwrap();
-    let (stream, prefix) = (unique_name("EVENTS_TEST"), unique_name("test"));
-    let env = process_env(&database_url, &jwks, &nats.url, &stream, &prefix);
+    let Cluster {
+        pool,
+        nats,
+        stream,
+        env,
+        _jwks,
+    } = Cluster::start().await;
     let first = ApiProcess::spawn(&env).await.unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "the first instance leads",
-        || async {
-            let gauge = first.metric("keel_publisher_leader").await;
-            if gauge == Some(1.0) {
-                Ok(())
-            } else {
-                Err(format!("leader gauge {gauge:?}"))
-            }
-        },
-    )
-    .await;
+    leads(&first, Duration::from_secs(10), "the first instance leads").await;
     let second = ApiProcess::spawn(&env).await.unwrap();
 
     first.signal("STOP");
     prefill(&pool, 2_000).await.unwrap();
-    eventually(
+    leads(
+        &second,
         Duration::from_secs(20),
         "the second instance takes over",
-        || async {
-            let gauge = second.metric("keel_publisher_leader").await;
-            if gauge == Some(1.0) {
-                Ok(())
-            } else {
-                Err(format!("leader gauge {gauge:?}"))
-            }
-        },
     )
     .await;
     assert_stream_equals_log(&nats.url, &stream, &pool, Duration::from_secs(30)).await;
