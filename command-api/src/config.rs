@@ -74,8 +74,8 @@ pub struct Config {
     #[arg(long, env = "KEEL_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
 
-    /// Comma-separated keys accepted on `/internal/*` (two at once allow rotation). Read
-    /// now, used when `/internal/users/{id}` arrives with the read models.
+    /// Comma-separated keys accepted in `X-Api-Key` on `/internal/*` (two at once allow
+    /// rotation). Without any, `/internal/*` refuses every request.
     #[arg(
         long,
         env = "KEEL_SERVICE_KEYS",

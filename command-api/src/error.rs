@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use events::domain::DomainError;
-use events::ids::Version;
+use events::ids::{Position, Version};
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -34,6 +34,9 @@ pub enum ApiError {
     /// Credentials that are not valid.
     #[error("{0}")]
     Unauthorized(String),
+    /// `/internal/*` without one of the accepted service keys (never a user token).
+    #[error("send X-Api-Key with a valid service key")]
+    ServiceKeyRejected,
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -56,6 +59,12 @@ pub enum ApiError {
         dependency: &'static str,
         retry_after_secs: u32,
     },
+    /// `X-Min-Position` was not reached by the read models within the wait bound.
+    #[error("the read models have not applied position {position} yet")]
+    NotYetApplied {
+        position: Position,
+        retry_after_secs: u32,
+    },
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -75,7 +84,9 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Unauthenticated | Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Unauthenticated | Self::Unauthorized(_) | Self::ServiceKeyRejected => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
@@ -83,14 +94,18 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::NotYetApplied { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn slug(&self) -> &'static str {
         match self {
-            Self::Unauthenticated | Self::Unauthorized(_) => "unauthorized",
+            Self::Unauthenticated | Self::Unauthorized(_) | Self::ServiceKeyRejected => {
+                "unauthorized"
+            }
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not-found",
             Self::Conflict(_) => "conflict",
@@ -98,7 +113,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload-too-large",
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::Invalid { .. } => "validation",
-            Self::Unavailable { .. } => "unavailable",
+            Self::Unavailable { .. } | Self::NotYetApplied { .. } => "unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -188,7 +203,16 @@ impl IntoResponse for ApiError {
                     HeaderValue::from_static("Bearer error=\"invalid_token\""),
                 );
             }
+            Self::ServiceKeyRejected => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("ApiKey header=\"X-Api-Key\""),
+                );
+            }
             Self::Unavailable {
+                retry_after_secs, ..
+            }
+            | Self::NotYetApplied {
                 retry_after_secs, ..
             } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));

@@ -1,28 +1,38 @@
-//! The command API: where commands enter Keel.
+//! The command API: where commands enter Keel, and where queries read the read models.
 //!
 //! Pipeline: **HTTP command** -> decide (`events::domain`) -> **event log** (Postgres,
 //! which is also the outbox) -> publisher -> JetStream -> projectors / relay -> Redis
-//! -> WebSocket. This crate owns the first step and the reads of the log itself.
+//! -> WebSocket. This crate owns the first step, the reads of the log itself, and the
+//! queries that answer from the projectors' read models (and the Redis UI cache).
 //!
 //! - [`config`]: flags and environment. [`state`]: the handles handlers share.
-//! - [`auth`]: bearer JWTs against the cached JWKS; service keys.
+//! - [`auth`]: bearer JWTs against the cached JWKS; service keys for `/internal/*`.
 //! - [`request_id`], [`error`], [`body`], [`validation`]: the request edge, RFC 9457.
 //! - [`commands`]: `If-Match`, `Idempotency-Key`, metadata, responses.
 //! - [`writer`]: group commit of commands into the log.
 //! - [`publisher`], [`bus`]: the outbox publisher (log -> JetStream, one active instance).
-//! - [`users`], [`posts`], [`history`], [`health`], [`metrics`]: the endpoints, each
-//!   with `router()`.
+//! - [`consistency`]: `X-Min-Position` (read your writes) and read-model snapshots.
+//! - [`cache`]: the Redis UI cache, bounded by a short timeout and failing open.
+//! - The endpoints, each with `router()`: [`users`] (the User commands and the user
+//!   read), [`posts`] (the Blog commands), [`authors`], [`post_reads`], [`dashboard`],
+//!   [`internal`] (queries of the read models), [`history`], [`health`], [`metrics`].
 //! - [`app`]: merges the routers and layers; [`build`] binds and starts everything.
 
 pub mod auth;
+pub mod authors;
 pub mod body;
 pub mod bus;
+pub mod cache;
 pub mod commands;
 pub mod config;
+pub mod consistency;
+pub mod dashboard;
 pub mod error;
 pub mod health;
 pub mod history;
+pub mod internal;
 pub mod metrics;
+pub mod post_reads;
 pub mod posts;
 pub mod publisher;
 pub mod request_id;
@@ -43,6 +53,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::service_key::ServiceKeyDigests;
 use crate::auth::{KeySet, Verifier};
 pub use crate::config::Config;
 use crate::state::AppState;
@@ -52,6 +63,10 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(users::router())
         .merge(posts::router())
+        .merge(authors::router())
+        .merge(post_reads::router())
+        .merge(dashboard::router())
+        .merge(internal::router())
         .merge(history::router())
         .merge(health::router())
         .merge(metrics::router())
@@ -140,6 +155,7 @@ pub struct Application {
 pub async fn build(config: Config) -> Result<Application, StartError> {
     let pool = prepare_database(&config.database_url, config.db_pool_size).await?;
     let redis = redis::Client::open(config.redis_url.as_str()).map_err(StartError::Redis)?;
+    let cache = cache::Cache::new(redis.clone()).map_err(StartError::Redis)?;
     let nats = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .connect(config.nats_url.as_str())
@@ -184,8 +200,11 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
         pool: pool.clone(),
         writer: writer_handle,
         verifier,
+        service_keys: Arc::new(ServiceKeyDigests::new(&config.service_keys)),
         nats,
         redis,
+        cache,
+        stream: Arc::from(config.stream.as_str()),
         metrics,
     };
     let listener = TcpListener::bind(&config.http_addr)

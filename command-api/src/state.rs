@@ -5,6 +5,8 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use crate::auth::Verifier;
+use crate::auth::service_key::ServiceKeyDigests;
+use crate::cache::Cache;
 use crate::metrics::Metrics;
 use crate::writer::WriterHandle;
 
@@ -13,7 +15,13 @@ pub struct AppState {
     pub pool: PgPool,
     pub writer: WriterHandle,
     pub verifier: Arc<Verifier>,
+    /// The keys accepted on `/internal/*`.
+    pub service_keys: Arc<ServiceKeyDigests>,
     pub nats: async_nats::Client,
     pub redis: redis::Client,
+    /// The UI cache (the dashboard), on `redis`.
+    pub cache: Cache,
+    /// The JetStream stream name, which also namespaces the cache keys.
+    pub stream: Arc<str>,
     pub metrics: Arc<Metrics>,
 }

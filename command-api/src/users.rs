@@ -1,20 +1,24 @@
-//! The Users endpoints: register, profile, roles, deactivation, and reading a user.
+//! The Users endpoints: register, profile, roles, deactivation, and reading a user from
+//! the `users` read model.
 
 use axum::extract::{Path, State};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use sqlx::PgExecutor;
 
 use crate::auth::Principal;
 use crate::body::JsonBody;
 use crate::commands::{Answer, CommandContext};
+use crate::consistency::MinPosition;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::validation::{Fields, parse_id};
-use events::domain::{Command, Email, Name, Role, State as AggregateState, UserCommand};
-use events::event_log;
-use events::ids::{StreamId, UserId};
+use events::domain::{Command, Email, Name, Role, UserCommand};
+use events::ids::{UserId, Version};
+use events::read_model::Projection;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -129,11 +133,48 @@ async fn deactivate(
     context.execute(&state, &[], command, Answer::ok()).await
 }
 
-/// Reads the user's stream directly (until the `users` read model exists).
+/// A user as the queries show it (`GET /api/users/{id}`, `/internal/users/{id}`, and the
+/// dashboard's `user`).
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct UserView {
+    pub id: UserId,
+    pub email: String,
+    pub name: String,
+    pub roles: Vec<String>,
+    pub active: bool,
+    pub version: Version,
+}
+
+impl UserView {
+    /// The user from the `users` table of `schema` (`rm_users` or `rm_dashboard`).
+    pub async fn find(
+        executor: impl PgExecutor<'_>,
+        schema: &str,
+        id: UserId,
+    ) -> Result<Option<Self>, sqlx::Error> {
+        sqlx::query_as(&format!(
+            "SELECT id, email, name, roles, active, version FROM {schema}.users WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(executor)
+        .await
+    }
+}
+
+/// The JSON body, with `ETag: "<version>"`.
+impl IntoResponse for UserView {
+    fn into_response(self) -> Response {
+        let etag = format!("\"{}\"", self.version);
+        ([(header::ETAG, etag)], Json(self)).into_response()
+    }
+}
+
+/// `GET /api/users/{id}`: self or admin, from the `users` read model.
 async fn get_user(
     State(state): State<AppState>,
     Path(id): Path<String>,
     principal: Principal,
+    min_position: MinPosition,
 ) -> Result<Response, ApiError> {
     let id: UserId = parse_id(&id, "user")?;
     if principal.user_id != id && !principal.is_admin() {
@@ -141,25 +182,10 @@ async fn get_user(
             "you may only read your own profile".to_owned(),
         ));
     }
-    let stream = StreamId::user(id);
-    let history = event_log::read_stream(&state.pool, &stream, Default::default(), i64::MAX)
+    min_position.wait(&state.pool, &[Projection::Users]).await?;
+    UserView::find(&state.pool, Projection::Users.schema(), id)
         .await
-        .map_err(ApiError::internal)?;
-    let mut aggregate = AggregateState::initial(&stream);
-    for recorded in &history {
-        aggregate.apply(&recorded.decode().map_err(ApiError::internal)?);
-    }
-    let (AggregateState::User(Some(user)), Some(last)) = (aggregate, history.last()) else {
-        return Err(ApiError::NotFound("no such user".to_owned()));
-    };
-    let body = serde_json::json!({
-        "id": user.id,
-        "email": user.email,
-        "name": user.name,
-        "roles": user.roles,
-        "active": user.active,
-        "version": last.version,
-    });
-    let etag = format!("\"{}\"", last.version);
-    Ok(([(axum::http::header::ETAG, etag)], Json(body)).into_response())
+        .map_err(ApiError::internal)?
+        .map(IntoResponse::into_response)
+        .ok_or_else(|| ApiError::NotFound("no such user".to_owned()))
 }

@@ -79,3 +79,86 @@ pub fn to_bytes(event: &RecordedEvent) -> Vec<u8> {
 pub fn to_json(event: &RecordedEvent) -> serde_json::Value {
     serde_json::to_value(structured(event)).unwrap_or_default()
 }
+
+/// A bus message that is not a Keel CloudEvent.
+#[derive(Debug, thiserror::Error)]
+#[error("not a Keel CloudEvent")]
+pub struct NotAnEvent(#[source] serde_json::Error);
+
+/// The attributes a consumer needs back from a message body.
+#[derive(serde::Deserialize)]
+struct Incoming {
+    id: EventId,
+    #[serde(rename = "type")]
+    event_type: String,
+    subject: crate::ids::StreamId,
+    time: DateTime<Utc>,
+    #[serde(default)]
+    dataschema: Option<String>,
+    position: i64,
+    streamversion: i64,
+    #[serde(default)]
+    correlationid: Option<String>,
+    #[serde(default)]
+    causationid: Option<String>,
+    #[serde(default)]
+    traceparent: Option<String>,
+    data: serde_json::Value,
+}
+
+/// Reads a message body (what [`to_bytes`] wrote) back into the logged event.
+pub fn from_bytes(body: &[u8]) -> Result<RecordedEvent, NotAnEvent> {
+    let incoming: Incoming = serde_json::from_slice(body).map_err(NotAnEvent)?;
+    let schema_version = incoming
+        .dataschema
+        .as_deref()
+        .and_then(|s| s.rsplit_once(".v"))
+        .and_then(|(_, rest)| rest.strip_suffix(".json"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    Ok(RecordedEvent {
+        position: crate::ids::Position(incoming.position),
+        event_id: incoming.id,
+        stream_id: incoming.subject,
+        version: crate::ids::Version(incoming.streamversion),
+        event_type: incoming.event_type,
+        schema_version,
+        data: incoming.data,
+        metadata: crate::event_log::Metadata {
+            correlation_id: incoming.correlationid,
+            causation_id: incoming.causationid,
+            actor_id: None,
+            request_id: None,
+            traceparent: incoming.traceparent,
+        },
+        recorded_at: incoming.time,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event_log::Metadata;
+    use crate::ids::{Position, StreamId, UserId, Version};
+
+    #[test]
+    fn a_message_body_reads_back_into_the_logged_event() {
+        let user = UserId::new();
+        let event = RecordedEvent {
+            position: Position(42),
+            event_id: EventId::new(),
+            stream_id: StreamId::user(user),
+            version: Version(3),
+            event_type: "user.updated".to_owned(),
+            schema_version: 1,
+            data: serde_json::json!({"id": user, "email": "a@b.test", "name": "A"}),
+            metadata: Metadata {
+                correlation_id: Some("c-1".to_owned()),
+                ..Metadata::default()
+            },
+            recorded_at: Utc::now(),
+        };
+        assert_eq!(from_bytes(&to_bytes(&event)).unwrap(), event);
+        assert!(from_bytes(b"{\"id\": 1}").is_err());
+    }
+}

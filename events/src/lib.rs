@@ -3,19 +3,23 @@
 //! Pipeline: command -> **decide** -> **event log** (Postgres, also the outbox) ->
 //! publisher -> JetStream -> projectors / relay -> Redis -> WebSocket.
 //!
+//! - [`database`]: create, connect and migrate Keel's database.
 //! - [`ids`]: identity and ordering newtypes (`UserId`, `StreamId`, `Version`, `Position`…).
 //! - [`domain`]: the User and Post aggregates as pure `decide`/`apply`, their events and
 //!   the validated input values.
 //! - [`event_log`]: append with optimistic concurrency and no-skip reads by position.
 //! - [`envelope`]: the CloudEvents 1.0 form of a logged event.
 //! - [`outbox`]: the publisher's checkpoint and republish requests (the log is the outbox).
+//! - [`read_model`]: the projections, where their models live, how far each has applied.
 //! - [`MIGRATOR`]: the schema, owned by `events/migrations`.
 
+pub mod database;
 pub mod domain;
 pub mod envelope;
 pub mod event_log;
 pub mod ids;
 pub mod outbox;
+pub mod read_model;
 
 /// Every table Keel owns. Run on start by each binary; safe to run concurrently.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -1,31 +1,50 @@
-//! `projectors`: Keel's projector workers (read models arrive with the projectors issue)
-//! and `projectors tail`, which prints the event stream.
+//! `projectors`: runs the projections (the default), or an operator's command: `rebuild`,
+//! `status`, `dead-letters`, `tail`.
 
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use events::read_model::Projection;
+use projectors::Config;
+
 /// Keel projector workers: JetStream durable consumers (`projector-<name>`) that build the
-/// read models `users`, `authors`, `posts` and `dashboard`, and rebuild any of them by
-/// replaying the Postgres log. Today only `tail` is built.
+/// read models `users`, `authors`, `posts` and `dashboard` in Postgres and keep the
+/// dashboard cache in Redis fresh. Without a command, runs every projection until SIGTERM
+/// or Ctrl-C.
 #[derive(Parser)]
 #[command(name = "projectors", version)]
 struct Cli {
-    #[arg(
-        long,
-        env = "NATS_URL",
-        default_value = "nats://127.0.0.1:4222",
-        global = true
-    )]
-    nats_url: String,
-    #[arg(long, env = "KEEL_STREAM", default_value = "EVENTS", global = true)]
-    stream: String,
+    #[command(flatten)]
+    config: Config,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run projections (all by default) until SIGTERM or Ctrl-C.
+    Run {
+        /// Only these projections (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<Projection>,
+    },
+    /// Replay the Postgres log into a fresh copy of a model and swap it in atomically
+    /// (the live projector and the API keep running).
+    Rebuild {
+        /// users, authors, posts or dashboard.
+        name: Projection,
+    },
+    /// One line per projection: position, log head, lag and dead letters.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show or re-drive events that kept failing.
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
     /// Print the event stream from its start: one line per CloudEvent.
     Tail {
         /// Stop after this many messages.
@@ -37,14 +56,94 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum DeadLetterAction {
+    /// One line per dead letter (`--json` for JSON).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply the dead letters again (after the cause was fixed); those that still fail stay.
+    Replay {
+        /// Only this projection's.
+        #[arg(long)]
+        projection: Option<Projection>,
+    },
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     let cli = Cli::parse();
-    match cli.command {
+    let config = cli.config;
+    match cli.command.unwrap_or(Command::Run { only: vec![] }) {
+        Command::Run { only } => {
+            let projections = if only.is_empty() {
+                Projection::ALL.to_vec()
+            } else {
+                only
+            };
+            let workers = projectors::build(&config, &projections).await?;
+            workers.run_until_stopped(shutdown_signal()).await;
+        }
+        Command::Rebuild { name } => {
+            let (pool, cache) = projectors::open(&config).await?;
+            let started = std::time::Instant::now();
+            let rebuilt = projectors::rebuild::rebuild(&pool, name, &cache).await?;
+            let seconds = started.elapsed().as_secs_f64();
+            println!(
+                "{name} rebuilt: {} events applied, {} dead letters, position={}, {:.1} s ({:.0} events/s)",
+                rebuilt.events,
+                rebuilt.dead_letters,
+                rebuilt.position,
+                seconds,
+                rebuilt.events as f64 / seconds.max(1e-9)
+            );
+        }
+        Command::Status { json } => {
+            let (pool, _) = projectors::open(&config).await?;
+            let lines = projectors::operations::status(&pool).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&lines)?);
+            } else {
+                lines.iter().for_each(|line| println!("{line}"));
+            }
+        }
+        Command::DeadLetters { action } => {
+            let (pool, cache) = projectors::open(&config).await?;
+            match action {
+                DeadLetterAction::List { json } => {
+                    let letters =
+                        projectors::operations::dead_letters(&pool, &Projection::ALL).await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&letters)?);
+                    } else {
+                        letters.iter().for_each(|letter| println!("{letter}"));
+                    }
+                }
+                DeadLetterAction::Replay { projection } => {
+                    let projections = projection.map_or(Projection::ALL.to_vec(), |p| vec![p]);
+                    let replayed =
+                        projectors::operations::replay_dead_letters(&pool, &projections, &cache)
+                            .await?;
+                    println!(
+                        "replayed: {} applied, {} still failing",
+                        replayed.applied, replayed.still_failing
+                    );
+                }
+            }
+        }
         Command::Tail { count, idle_secs } => {
             projectors::tail::run(
-                &cli.nats_url,
-                &cli.stream,
+                &config.nats_url,
+                &config.stream,
                 count,
                 Duration::from_secs(idle_secs),
             )
@@ -52,4 +151,23 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down; finishing the batches in hand");
 }

@@ -12,11 +12,16 @@ pub struct ApiProcess {
 
 /// `target/debug/command-api` (built by `cargo build --workspace --bins`).
 pub fn binary() -> std::path::PathBuf {
+    binary_named("command-api")
+}
+
+/// `target/debug/<name>`, one of the workspace's binaries.
+pub fn binary_named(name: &str) -> std::path::PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR").map_or_else(
         |_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
         std::path::PathBuf::from,
     );
-    target.join("debug/command-api")
+    target.join("debug").join(name)
 }
 
 impl ApiProcess {

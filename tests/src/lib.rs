@@ -9,6 +9,8 @@ pub mod api_process;
 pub mod forge;
 pub mod jwks_server;
 pub mod nats_server;
+pub mod projections;
+pub mod redis_server;
 pub mod stream;
 pub mod test_app;
 

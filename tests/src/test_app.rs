@@ -20,6 +20,7 @@ pub struct TestApp {
     pub stream: String,
     pub subject_prefix: String,
     pub nats_url: String,
+    pub redis_url: String,
     pub pool: sqlx::PgPool,
     pub jwks: JwksServer,
     pub client: reqwest::Client,
@@ -41,6 +42,7 @@ impl TestApp {
         let stream = config.stream.clone();
         let nats_url = config.nats_url.clone();
         let subject_prefix = config.subject_prefix.clone();
+        let redis_url = config.redis_url.clone();
         let app = command_api::build(config).await?;
         let base_url = format!("http://{}", app.local_addr());
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -61,6 +63,7 @@ impl TestApp {
             stream,
             subject_prefix,
             nats_url,
+            redis_url,
             pool,
             jwks,
             client: reqwest::Client::new(),
@@ -69,15 +72,15 @@ impl TestApp {
         })
     }
 
-    /// Stops the server gracefully, waits for it, and deletes its stream from the
-    /// shared NATS server.
+    /// Stops the server gracefully, waits for it, and deletes its streams (events and
+    /// dead letters) from the shared NATS server.
     pub async fn stop(self) {
         let (nats_url, stream) = (self.nats_url.clone(), self.stream.clone());
         self.stop_keeping_stream().await;
         if let Ok(client) = async_nats::connect(&nats_url).await {
-            let _ = async_nats::jetstream::new(client)
-                .delete_stream(&stream)
-                .await;
+            let jetstream = async_nats::jetstream::new(client);
+            let _ = jetstream.delete_stream(&stream).await;
+            let _ = jetstream.delete_stream(format!("{stream}_DLQ")).await;
         }
     }
 

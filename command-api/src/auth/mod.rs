@@ -1,5 +1,5 @@
-//! Who is calling: bearer JWTs verified locally against the identity provider's keys.
-//! (Service API keys for `/internal/*` arrive with that endpoint.)
+//! Who is calling: bearer JWTs verified locally against the identity provider's keys,
+//! and service API keys for `/internal/*` ([`service_key`]).
 //!
 //! Only the `kid` in the token header selects a key, and only from Keel's own cached
 //! JWKS: `jku`, `x5u`, `jwk` and `x5c` header fields are never followed. `alg` must be
@@ -8,6 +8,7 @@
 //! types checked; `nbf` and `iat` are honoured with a small leeway.
 
 pub mod jwks;
+pub mod service_key;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

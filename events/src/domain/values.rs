@@ -19,6 +19,23 @@ pub enum Role {
     Admin,
 }
 
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// A set of roles as stored in read models: sorted, without repeats.
+    pub fn names(roles: &[Role]) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = roles.iter().map(|r| r.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+}
+
 /// Refuses the characters no text field may hold: NUL (Postgres `jsonb` cannot store
 /// it) and, unless `multiline`, every other control character.
 fn check_characters(s: &str, multiline: bool) -> Result<(), Invalid> {

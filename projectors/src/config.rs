@@ -1,0 +1,48 @@
+//! The projectors' configuration: read once in `main`, from flags or the environment.
+
+use clap::Args;
+
+/// Where the projectors read from and write to.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Postgres: the event log (read) and the read models (written). Created and migrated
+    /// on start if missing.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/keel",
+        global = true
+    )]
+    pub database_url: String,
+
+    /// NATS with JetStream.
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        global = true
+    )]
+    pub nats_url: String,
+
+    /// Redis: the UI cache the projectors invalidate.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        global = true
+    )]
+    pub redis_url: String,
+
+    /// JetStream stream name (its dead-letter stream is `<name>_DLQ`).
+    #[arg(long, env = "KEEL_STREAM", default_value = "EVENTS", global = true)]
+    pub stream: String,
+
+    /// Subject prefix: events arrive on `<prefix>.<type>`.
+    #[arg(
+        long,
+        env = "KEEL_SUBJECT_PREFIX",
+        default_value = "events",
+        global = true
+    )]
+    pub subject_prefix: String,
+}

@@ -1,0 +1,106 @@
+//! The dead-letter stream `<KEEL_STREAM>_DLQ`: where an event that keeps failing a
+//! consumer is published, with the consumer and the reason, before the consumer moves on.
+//! The read model's own `dead_letters` table is what `projectors dead-letters` lists and
+//! replays; the stream is the bus-side record other tools can subscribe to.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
+
+/// Where dead letters go.
+#[derive(Debug, Clone)]
+pub struct DeadLetterQueue {
+    pub stream: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error("cannot create the dead-letter stream {stream}")]
+    Create {
+        stream: String,
+        #[source]
+        source: jetstream::context::CreateStreamError,
+    },
+    #[error("publishing to the dead-letter stream failed")]
+    Publish(#[source] jetstream::context::PublishError),
+}
+
+/// What is known about the failed message.
+pub struct Letter<'a> {
+    pub consumer: &'a str,
+    pub reason: &'a str,
+    /// The event's id, when the message could be read as an event.
+    pub event_id: Option<String>,
+    pub position: Option<i64>,
+    pub stream_sequence: u64,
+    pub payload: bytes::Bytes,
+}
+
+impl DeadLetterQueue {
+    /// The dead-letter stream of the event stream `events_stream`.
+    pub fn of(events_stream: &str) -> Self {
+        Self {
+            stream: format!("{events_stream}_DLQ"),
+        }
+    }
+
+    fn subject(&self, consumer: &str) -> String {
+        format!("{}.{consumer}", self.stream)
+    }
+
+    /// Creates the stream if it is missing (file storage, kept until removed).
+    pub async fn ensure(&self, context: &jetstream::Context) -> Result<(), DeadLetterError> {
+        context
+            .get_or_create_stream(stream::Config {
+                name: self.stream.clone(),
+                subjects: vec![format!("{}.>", self.stream)],
+                storage: stream::StorageType::File,
+                duplicate_window: std::time::Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map(drop)
+            .map_err(|source| DeadLetterError::Create {
+                stream: self.stream.clone(),
+                source,
+            })
+    }
+
+    /// Publishes the letter and waits for the server's ack. The message id makes a
+    /// repeated attempt (after a crash) a duplicate the server drops.
+    pub async fn publish(
+        &self,
+        context: &jetstream::Context,
+        letter: Letter<'_>,
+    ) -> Result<(), DeadLetterError> {
+        let mut headers = HeaderMap::new();
+        let id = match &letter.event_id {
+            Some(event_id) => format!("{}:{event_id}", letter.consumer),
+            None => format!("{}:seq-{}", letter.consumer, letter.stream_sequence),
+        };
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        headers.insert("Keel-Consumer", letter.consumer);
+        // A header value is one line.
+        let reason: String = letter
+            .reason
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(500)
+            .collect();
+        headers.insert("Keel-Reason", reason.as_str());
+        headers.insert(
+            "Keel-Stream-Sequence",
+            letter.stream_sequence.to_string().as_str(),
+        );
+        if let Some(position) = letter.position {
+            headers.insert("Keel-Position", position.to_string().as_str());
+        }
+        headers.insert("content-type", "application/cloudevents+json");
+        context
+            .publish_with_headers(self.subject(letter.consumer), headers, letter.payload)
+            .await
+            .map_err(DeadLetterError::Publish)?
+            .await
+            .map(drop)
+            .map_err(DeadLetterError::Publish)
+    }
+}

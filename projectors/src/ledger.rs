@@ -1,0 +1,215 @@
+//! Exactly-once, in-order effects: each model records the last version it applied per
+//! stream, in the same transaction as the effects. An arriving event is then exactly one
+//! of: a duplicate (its version is already applied: acknowledged, no effect), the next one
+//! (applied), or early (an earlier event of its stream has not been applied yet, e.g. it
+//! failed and awaits redelivery: refused for now, so it is never applied out of order and
+//! never mistaken for a duplicate later).
+
+use std::collections::HashMap;
+
+use sqlx::PgConnection;
+
+use crate::models;
+use events::domain::{DecodeError, Event};
+use events::event_log::RecordedEvent;
+use events::ids::UserId;
+use events::read_model::Projection;
+
+/// What became of one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Duplicate,
+    Early,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("cannot decode the event at position {position}")]
+    Decode {
+        position: i64,
+        #[source]
+        source: DecodeError,
+    },
+    #[error("applying the event at position {position} failed")]
+    Model {
+        position: i64,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("the read model's bookkeeping failed")]
+    Bookkeeping(#[source] sqlx::Error),
+}
+
+impl ApplyError {
+    /// The database is away or busy (connection lost, shutting down, lock timeout…): no
+    /// event is to blame, so the work is retried without counting against any event.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            ApplyError::Decode { .. } => false,
+            ApplyError::Model { source, .. } | ApplyError::Bookkeeping(source) => {
+                is_unavailable(source)
+            }
+        }
+    }
+}
+
+/// Errors that say nothing about the event being applied.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // connection, operator intervention (shutdown), resources, transaction
+            // rollback (serialization, deadlock), lock not available, query canceled
+            ["08", "57", "53", "40"].iter().any(|c| code.starts_with(c))
+                || code == "55P03"
+                || code == "57014"
+        }),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
+}
+
+/// Serializes the writers of one projection's model (live batches, a rebuild's swap, a
+/// dead-letter replay) for the rest of the transaction.
+pub async fn lock(conn: &mut PgConnection, projection: Projection) -> Result<(), sqlx::Error> {
+    const BASE: i64 = 7_261_530_813_950_100;
+    let key = BASE
+        + Projection::ALL
+            .iter()
+            .take_while(|p| **p != projection)
+            .count() as i64;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(key)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Applies `events`, in order, to the model in `schema` inside the caller's transaction,
+/// and records the versions applied. Events of streams the projection does not read are
+/// duplicates by definition (nothing to do). Users whose cached dashboard became stale
+/// are pushed onto `stale`.
+pub async fn apply(
+    conn: &mut PgConnection,
+    projection: Projection,
+    schema: &str,
+    events: &[&RecordedEvent],
+    stale: &mut Vec<UserId>,
+) -> Result<Vec<Outcome>, ApplyError> {
+    let mut applied = applied_versions(conn, schema, events)
+        .await
+        .map_err(ApplyError::Bookkeeping)?;
+    let mut touched: HashMap<String, i64> = HashMap::new();
+    let mut outcomes = Vec::with_capacity(events.len());
+    for recorded in events {
+        let stream = recorded.stream_id.to_string();
+        let current = applied.get(&stream).copied().unwrap_or(0);
+        let outcome = if !projection.reads(&stream) || recorded.version.0 <= current {
+            Outcome::Duplicate
+        } else if recorded.version.0 > current + 1 {
+            Outcome::Early
+        } else {
+            let event = decode(recorded)?;
+            models::apply(conn, projection, schema, recorded, &event, stale)
+                .await
+                .map_err(|source| ApplyError::Model {
+                    position: recorded.position.0,
+                    source,
+                })?;
+            applied.insert(stream.clone(), recorded.version.0);
+            touched.insert(stream, recorded.version.0);
+            Outcome::Applied
+        };
+        outcomes.push(outcome);
+    }
+    record_versions(conn, schema, touched)
+        .await
+        .map_err(ApplyError::Bookkeeping)?;
+    Ok(outcomes)
+}
+
+/// Gives up on an event that keeps failing: records it as a dead letter and counts its
+/// version as applied, so its stream moves on. Returns false if it was not the next
+/// event of its stream (then nothing is recorded).
+pub async fn dead_letter(
+    conn: &mut PgConnection,
+    schema: &str,
+    recorded: &RecordedEvent,
+    reason: &str,
+) -> Result<bool, sqlx::Error> {
+    let stream = recorded.stream_id.to_string();
+    let current: i64 = sqlx::query_scalar(&format!(
+        "SELECT coalesce(max(version), 0) FROM {schema}.applied WHERE stream_id = $1"
+    ))
+    .bind(&stream)
+    .fetch_one(&mut *conn)
+    .await?;
+    if recorded.version.0 != current + 1 {
+        return Ok(false);
+    }
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.dead_letters
+             (event_id, position, stream_id, version, event_type, reason)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING"
+    ))
+    .bind(recorded.event_id)
+    .bind(recorded.position.0)
+    .bind(&stream)
+    .bind(recorded.version.0)
+    .bind(&recorded.event_type)
+    .bind(reason)
+    .execute(&mut *conn)
+    .await?;
+    record_versions(conn, schema, HashMap::from([(stream, recorded.version.0)])).await?;
+    Ok(true)
+}
+
+pub fn decode(recorded: &RecordedEvent) -> Result<Event, ApplyError> {
+    recorded.decode().map_err(|source| ApplyError::Decode {
+        position: recorded.position.0,
+        source,
+    })
+}
+
+async fn applied_versions(
+    conn: &mut PgConnection,
+    schema: &str,
+    events: &[&RecordedEvent],
+) -> Result<HashMap<String, i64>, sqlx::Error> {
+    let mut streams: Vec<String> = events.iter().map(|e| e.stream_id.to_string()).collect();
+    streams.sort_unstable();
+    streams.dedup();
+    let rows: Vec<(String, i64)> = sqlx::query_as(&format!(
+        "SELECT stream_id, version FROM {schema}.applied WHERE stream_id = ANY($1)"
+    ))
+    .bind(streams)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+async fn record_versions(
+    conn: &mut PgConnection,
+    schema: &str,
+    versions: HashMap<String, i64>,
+) -> Result<(), sqlx::Error> {
+    if versions.is_empty() {
+        return Ok(());
+    }
+    let (streams, versions): (Vec<String>, Vec<i64>) = versions.into_iter().unzip();
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.applied (stream_id, version)
+         SELECT * FROM unnest($1::text[], $2::bigint[])
+         ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version"
+    ))
+    .bind(streams)
+    .bind(versions)
+    .execute(conn)
+    .await
+    .map(drop)
+}

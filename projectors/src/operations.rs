@@ -1,0 +1,195 @@
+//! The operator's commands besides rebuild: `projectors status` and `projectors
+//! dead-letters list|replay`.
+
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::cache::Cache;
+use crate::ledger::{self, ApplyError};
+use crate::models;
+use crate::projector::chain;
+use events::event_log::{self, RecordedEvent};
+use events::read_model::{self, Projection};
+
+/// One projection's standing.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Status {
+    pub name: &'static str,
+    pub position: i64,
+    pub head: i64,
+    pub lag: i64,
+    pub dead_letters: i64,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} position={} head={} lag={} dead_letters={}",
+            self.name, self.position, self.head, self.lag, self.dead_letters
+        )
+    }
+}
+
+/// Every projection's position (exact, see `read_model::position`), the log's head, the
+/// difference, and how many dead letters it holds.
+pub async fn status(pool: &PgPool) -> Result<Vec<Status>, sqlx::Error> {
+    let head = event_log::head(pool).await?.0;
+    let mut lines = Vec::with_capacity(Projection::ALL.len());
+    for projection in Projection::ALL {
+        let position = read_model::position(pool, projection, projection.schema())
+            .await?
+            .0;
+        let dead_letters: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {}.dead_letters",
+            projection.schema()
+        ))
+        .fetch_one(pool)
+        .await?;
+        lines.push(Status {
+            name: projection.name(),
+            position,
+            head,
+            lag: head - position,
+            dead_letters,
+        });
+    }
+    Ok(lines)
+}
+
+/// One dead letter of one projection.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow)]
+pub struct DeadLetter {
+    #[sqlx(skip)]
+    pub projection: &'static str,
+    pub event_id: uuid::Uuid,
+    pub position: i64,
+    pub stream_id: String,
+    pub version: i64,
+    pub event_type: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for DeadLetter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} position={} event_id={} type={} stream={} version={} reason={:?}",
+            self.projection,
+            self.position,
+            self.event_id,
+            self.event_type,
+            self.stream_id,
+            self.version,
+            self.reason
+        )
+    }
+}
+
+/// The dead letters of `projections`, in log order per projection.
+pub async fn dead_letters(
+    pool: &PgPool,
+    projections: &[Projection],
+) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    let mut letters = Vec::new();
+    for projection in projections {
+        let rows: Vec<DeadLetter> = sqlx::query_as(&format!(
+            "SELECT event_id, position, stream_id, version, event_type, reason
+             FROM {}.dead_letters ORDER BY position",
+            projection.schema()
+        ))
+        .fetch_all(pool)
+        .await?;
+        letters.extend(rows.into_iter().map(|row| DeadLetter {
+            projection: projection.name(),
+            ..row
+        }));
+    }
+    Ok(letters)
+}
+
+/// What a replay did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Replayed {
+    pub applied: u64,
+    pub still_failing: u64,
+}
+
+/// Re-drives the dead letters of `projections`: each event is read from the log and
+/// applied (its version already counts as applied, so this is the one time it takes
+/// effect) and its dead letter removed, in one transaction; one that fails again stays.
+/// Replayed events take effect after later events of their stream, so a replay suits
+/// events whose effect does not depend on order (most do: inserts and counters); an
+/// operator who needs strict order rebuilds the projection instead.
+pub async fn replay_dead_letters(
+    pool: &PgPool,
+    projections: &[Projection],
+    cache: &Cache,
+) -> Result<Replayed, sqlx::Error> {
+    let mut replayed = Replayed::default();
+    for letter in dead_letters(pool, projections).await? {
+        let projection: Projection = letter
+            .projection
+            .parse()
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        match redrive(pool, projection, &letter).await {
+            Ok(mut stale) => {
+                replayed.applied += 1;
+                cache.invalidate(&mut stale).await;
+                tracing::info!(projection = %projection, event_id = %letter.event_id, "dead letter applied");
+            }
+            Err(error) => {
+                replayed.still_failing += 1;
+                tracing::warn!(
+                    projection = %projection,
+                    event_id = %letter.event_id,
+                    error = %chain(&error),
+                    "dead letter still fails"
+                );
+            }
+        }
+    }
+    Ok(replayed)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RedriveError {
+    #[error("the database failed")]
+    Database(#[from] sqlx::Error),
+    #[error("the event is no longer in the log")]
+    Missing,
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+async fn redrive(
+    pool: &PgPool,
+    projection: Projection,
+    letter: &DeadLetter,
+) -> Result<Vec<events::ids::UserId>, RedriveError> {
+    let schema = projection.schema();
+    let mut tx = pool.begin().await?;
+    ledger::lock(&mut tx, projection).await?;
+    let event: RecordedEvent =
+        event_log::read_all(&mut *tx, events::ids::Position(letter.position - 1), 1)
+            .await?
+            .into_iter()
+            .find(|e| e.event_id.0 == letter.event_id)
+            .ok_or(RedriveError::Missing)?;
+    let decoded = ledger::decode(&event)?;
+    let mut stale = Vec::new();
+    models::apply(&mut tx, projection, schema, &event, &decoded, &mut stale)
+        .await
+        .map_err(|source| ApplyError::Model {
+            position: event.position.0,
+            source,
+        })?;
+    sqlx::query(&format!(
+        "DELETE FROM {schema}.dead_letters WHERE event_id = $1"
+    ))
+    .bind(letter.event_id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(stale)
+}

@@ -1,0 +1,391 @@
+//! The projectors end to end (PROMISES P6, P7, P8, P12): commands in through the real API,
+//! events through the real JetStream, read models in Postgres, served by the query
+//! endpoints; every test ends with the live models equal to models rebuilt from the log.
+
+use std::time::Duration;
+
+use keel_tests::projections::{Running, assert_live_equals_rebuilt, caught_up};
+use keel_tests::TestApp;
+use reqwest::Method;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+/// A command's global position (the read-your-writes token).
+async fn position_of(response: reqwest::Response) -> i64 {
+    assert!(response.status().is_success(), "{}", response.status());
+    let body: Value = response.json().await.unwrap();
+    body["position"].as_i64().unwrap()
+}
+
+/// GET with `X-Min-Position`, expecting 200.
+async fn read(app: &TestApp, path: &str, token: &str, at: i64) -> Value {
+    let response = app
+        .request(Method::GET, path, token)
+        .header("x-min-position", at.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "GET {path}");
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn read_models_follow_the_commands_and_equal_a_rebuild() {
+    let app = TestApp::spawn().await.unwrap();
+    let projectors = Running::start(&app).await;
+    let (ada, ada_token) = app.register("Ada").await;
+    let (bob, bob_token) = app.register("Bob").await;
+    let post = app.published_post(&ada_token).await;
+    let draft = app
+        .send(
+            Method::POST,
+            "/api/posts",
+            &ada_token,
+            json!({"title": "Draft", "body": "Not yet"}),
+        )
+        .await;
+    assert_eq!(draft.status(), 201);
+    let commented = app
+        .send(
+            Method::POST,
+            &format!("/api/posts/{post}/comments"),
+            &bob_token,
+            json!({"body": "Nice post!"}),
+        )
+        .await;
+    position_of(commented).await;
+    let liked = app
+        .request(Method::PUT, &format!("/api/posts/{post}/like"), &bob_token)
+        .send()
+        .await
+        .unwrap();
+    position_of(liked).await;
+    let renamed = app
+        .send(
+            Method::PATCH,
+            &format!("/api/users/{ada}"),
+            &ada_token,
+            json!({"name": "Ada Lovelace"}),
+        )
+        .await;
+    let at = position_of(renamed).await;
+
+    let shown = read(&app, &format!("/api/posts/{post}"), &bob_token, at).await;
+    assert_eq!(shown["author"], json!({"id": ada, "name": "Ada Lovelace"}));
+    assert_eq!(shown["like_count"], 1);
+    assert_eq!(shown["comments"][0]["author"]["name"], "Bob");
+    let author = read(&app, &format!("/api/authors/{ada}"), &bob_token, at).await;
+    assert_eq!(author["name"], "Ada Lovelace");
+    assert_eq!(author["post_count"], 1);
+    let listed = read(&app, &format!("/api/posts?author_id={ada}"), &bob_token, at).await;
+    assert_eq!(listed["items"][0]["author"]["name"], "Ada Lovelace");
+    assert_eq!(listed["items"][0]["comment_count"], 1);
+    let user = read(&app, &format!("/api/users/{ada}"), &ada_token, at).await;
+    assert_eq!(user["name"], "Ada Lovelace");
+    let dashboard = read(&app, "/api/me/dashboard", &ada_token, at).await;
+    assert_eq!(dashboard["drafts"].as_array().unwrap().len(), 1);
+    assert_eq!(dashboard["published"][0]["id"], json!(post));
+    assert_eq!(dashboard["likes_received"], 1);
+    assert_eq!(
+        dashboard["recent_comments"][0]["author"],
+        json!({"id": bob, "name": "Bob"})
+    );
+
+    caught_up(&app.pool, WITHIN).await;
+    assert_live_equals_rebuilt(&app).await;
+    projectors.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_read_after_a_command_with_its_position_sees_that_command() {
+    let app = TestApp::spawn().await.unwrap();
+    let projectors = Running::start(&app).await;
+    let (ada, token) = app.register("Ada").await;
+    let mut stale = Vec::new();
+    for round in 0..100 {
+        let name = format!("Ada {round}");
+        let at = position_of(
+            app.send(
+                Method::PATCH,
+                &format!("/api/users/{ada}"),
+                &token,
+                json!({ "name": name }),
+            )
+            .await,
+        )
+        .await;
+        let user = read(&app, &format!("/api/users/{ada}"), &token, at).await;
+        let author = read(&app, &format!("/api/authors/{ada}"), &token, at).await;
+        if user["name"] != name.as_str() || author["name"] != name.as_str() {
+            stale.push((round, user["name"].clone(), author["name"].clone()));
+        }
+    }
+    assert!(stale.is_empty(), "stale reads: {stale:?}");
+    projectors.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_read_waits_for_a_position_no_projection_has_applied_and_then_refuses() {
+    let app = TestApp::spawn().await.unwrap();
+    let (ada, token) = app.register("Ada").await;
+    // No projector runs: the registration is in the log but in no read model.
+    let response = app
+        .request(Method::GET, &format!("/api/users/{ada}"), &token)
+        .header("x-min-position", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    app.stop().await;
+}
+
+/// A post row the projection cannot store: a trigger on the live model refuses titles
+/// named in `keel_test_refusals`, each as many times as its `times` says (-1: always).
+async fn refuse_titles(app: &TestApp, refusals: &[(&str, i32)]) {
+    sqlx::query("CREATE TABLE keel_test_refusals (title text PRIMARY KEY, times int NOT NULL)")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    for (title, times) in refusals {
+        sqlx::query("INSERT INTO keel_test_refusals VALUES ($1, $2)")
+            .bind(title)
+            .bind(times)
+            .execute(&app.pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query(
+        "CREATE FUNCTION keel_test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+         DECLARE
+             times int;
+         BEGIN
+             SELECT r.times INTO times FROM keel_test_refusals r WHERE r.title = NEW.title;
+             -- A sequence is not rolled back with the refused transaction: it counts.
+             IF FOUND AND (times < 0 OR nextval('keel_test_refusal_count') <= times) THEN
+                 RAISE EXCEPTION 'refused by the test: %', NEW.title;
+             END IF;
+             RETURN NEW;
+         END $$",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query("CREATE SEQUENCE keel_test_refusal_count")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON rm_posts.posts
+         FOR EACH ROW EXECUTE FUNCTION keel_test_refuse()",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+}
+
+async fn create_post(app: &TestApp, token: &str, title: &str) -> Uuid {
+    let response = app
+        .send(
+            Method::POST,
+            "/api/posts",
+            token,
+            json!({"title": title, "body": "text"}),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    body["id"].as_str().unwrap().parse().unwrap()
+}
+
+async fn post_titles(app: &TestApp) -> Vec<String> {
+    let mut titles: Vec<String> = sqlx::query_scalar("SELECT title FROM rm_posts.posts")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    titles.sort();
+    titles
+}
+
+#[tokio::test]
+async fn an_event_that_fails_once_is_applied_exactly_once_and_later_events_too() {
+    let app = TestApp::spawn().await.unwrap();
+    refuse_titles(&app, &[("flaky", 1)]).await;
+    let projectors = Running::start(&app).await;
+    let (_, token) = app.register("Ada").await;
+    create_post(&app, &token, "before").await;
+    let flaky = create_post(&app, &token, "flaky").await;
+    create_post(&app, &token, "after").await;
+    let liked = app.published_post(&token).await;
+    let (_, bob) = app.register("Bob").await;
+    app.request(Method::PUT, &format!("/api/posts/{liked}/like"), &bob)
+        .send()
+        .await
+        .unwrap();
+    caught_up(&app.pool, WITHIN).await;
+    assert_eq!(post_titles(&app).await, ["Hello", "after", "before", "flaky"]);
+    let refused: i64 = sqlx::query_scalar("SELECT last_value FROM keel_test_refusal_count")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(refused >= 1, "the flaky event was never refused");
+    let version: i64 = sqlx::query_scalar(
+        "SELECT version FROM rm_posts.applied WHERE stream_id = 'post-' || $1::text",
+    )
+    .bind(flaky)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(version, 1);
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_posts.dead_letters")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(dead, 0);
+    projectors.stop().await;
+    assert_live_equals_rebuilt(&app).await;
+    app.stop().await;
+}
+
+/// The dead-letter stream's messages: (consumer, reason) headers.
+async fn dead_letter_messages(app: &TestApp) -> Vec<(String, String)> {
+    let client = async_nats::connect(&app.nats_url).await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    let mut stream = jetstream
+        .get_stream(format!("{}_DLQ", app.stream))
+        .await
+        .unwrap();
+    let stored = stream.info().await.unwrap().state.messages;
+    let mut letters = Vec::new();
+    for sequence in 1..=stored {
+        let message = stream.get_raw_message(sequence).await.unwrap();
+        let headers = message.headers;
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default()
+        };
+        letters.push((header("Keel-Consumer"), header("Keel-Reason")));
+    }
+    letters
+}
+
+#[tokio::test]
+async fn poison_events_are_dead_lettered_and_later_events_still_apply() {
+    let app = TestApp::spawn().await.unwrap();
+    refuse_titles(&app, &[("poison", -1)]).await;
+    let projectors = Running::start(&app).await;
+    let (_, token) = app.register("Ada").await;
+    let poisoned = create_post(&app, &token, "poison").await;
+    // An event no code can decode, written straight into the log.
+    let undecodable = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO events (event_id, stream_id, version, event_type, schema_version, data, metadata)
+         VALUES ($1, 'post-' || $2::text, 1, 'post.created', 1, '{\"garbage\": true}', '{}')",
+    )
+    .bind(Uuid::now_v7())
+    .bind(undecodable)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    create_post(&app, &token, "healthy").await;
+    // Later events of the poisoned stream apply on top once it is dead-lettered.
+    let published = app
+        .request(Method::POST, &format!("/api/posts/{poisoned}/publish"), &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status(), 200);
+    caught_up(&app.pool, Duration::from_secs(60)).await;
+
+    let letters = projectors::operations::dead_letters(&app.pool, &[events::read_model::Projection::Posts])
+        .await
+        .unwrap();
+    let types: Vec<&str> = letters.iter().map(|l| l.event_type.as_str()).collect();
+    assert_eq!(types, ["post.created", "post.created"], "{letters:?}");
+    assert!(letters.iter().any(|l| l.reason.contains("cannot decode")));
+    assert!(letters.iter().any(|l| l.reason.contains("refused by the test")));
+    let on_bus = dead_letter_messages(&app).await;
+    assert_eq!(
+        on_bus.iter().filter(|(c, _)| c == "projector-posts").count(),
+        2,
+        "{on_bus:?}"
+    );
+    assert_eq!(post_titles(&app).await, ["healthy"]);
+    let status = projectors::operations::status(&app.pool).await.unwrap();
+    let posts = status.iter().find(|s| s.name == "posts").unwrap();
+    assert_eq!(posts.dead_letters, 2);
+    // Other projections took the same events without trouble.
+    let authors = status.iter().find(|s| s.name == "authors").unwrap();
+    assert_eq!(authors.dead_letters, 1, "only the undecodable one: {status:?}");
+
+    // The cause is fixed; a replay applies the refused event once, the other stays.
+    sqlx::query("DROP TRIGGER refuse ON rm_posts.posts")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let (_, cache) = projectors::open(&keel_tests::projections::config(&app))
+        .await
+        .unwrap();
+    let replayed = projectors::operations::replay_dead_letters(
+        &app.pool,
+        &[events::read_model::Projection::Posts],
+        &cache,
+    )
+    .await
+    .unwrap();
+    assert_eq!((replayed.applied, replayed.still_failing), (1, 1));
+    assert_eq!(post_titles(&app).await, ["healthy", "poison"]);
+    let again = projectors::operations::replay_dead_letters(
+        &app.pool,
+        &[events::read_model::Projection::Posts],
+        &cache,
+    )
+    .await
+    .unwrap();
+    assert_eq!((again.applied, again.still_failing), (0, 1));
+    assert_eq!(post_titles(&app).await, ["healthy", "poison"]);
+    projectors.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn status_prints_one_line_per_projection() {
+    let app = TestApp::spawn().await.unwrap();
+    let projectors = Running::start(&app).await;
+    app.register("Ada").await;
+    caught_up(&app.pool, WITHIN).await;
+    projectors.stop().await;
+    let binary = keel_tests::api_process::binary_named("projectors");
+    let output = std::process::Command::new(binary)
+        .arg("status")
+        .env("DATABASE_URL", &app.database_url)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "users position=1 head=1 lag=0 dead_letters=0",
+            "authors position=1 head=1 lag=0 dead_letters=0",
+            "posts position=1 head=1 lag=0 dead_letters=0",
+            "dashboard position=1 head=1 lag=0 dead_letters=0",
+        ]
+    );
+    let json = std::process::Command::new(keel_tests::api_process::binary_named("projectors"))
+        .args(["status", "--json"])
+        .env("DATABASE_URL", &app.database_url)
+        .output()
+        .unwrap();
+    let parsed: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(parsed[0]["name"], "users");
+    assert_eq!(parsed[0]["lag"], 0);
+    app.stop().await;
+}
