@@ -172,3 +172,90 @@ pub async fn assert_live_equals_rebuilt(app: &TestApp) {
         assert_eq!(live.len(), rebuilt.len(), "{projection}: tables differ");
     }
 }
+
+/// Appends a blog's history straight into the log (fast volume for fault tests and
+/// benchmarks): `users` registrations, `posts` posts created and published by them, then
+/// `reactions` comments and likes on random posts by random users (each user likes a
+/// post at most once, as the deciders allow). Returns how many events it appended.
+pub async fn seed_blog(
+    pool: &sqlx::PgPool,
+    users: usize,
+    posts: usize,
+    reactions: usize,
+) -> anyhow::Result<usize> {
+    use std::collections::{HashMap, HashSet};
+
+    use events::domain::post::{CommentAdded, PostCreated, PostLiked, PostPublished};
+    use events::domain::user::UserRegistered;
+    use events::domain::{Event, PostEvent, Role, UserEvent};
+    use events::event_log::{self, Metadata, NewEvent};
+    use events::ids::{CommentId, EventId, PostId, StreamId, UserId, Version};
+    use rand::Rng;
+
+    let mut rng = rand::thread_rng();
+    let mut versions: HashMap<StreamId, i64> = HashMap::new();
+    let mut rows: Vec<NewEvent> = Vec::new();
+    let mut push = |stream: StreamId, event: Event, rows: &mut Vec<NewEvent>| {
+        let version = versions.entry(stream.clone()).or_insert(0);
+        *version += 1;
+        rows.push(NewEvent {
+            event_id: EventId::new(),
+            stream_id: stream,
+            version: Version(*version),
+            event,
+            metadata: Metadata::default(),
+        });
+    };
+    let user_ids: Vec<UserId> = (0..users).map(|_| UserId::new()).collect();
+    for (i, id) in user_ids.iter().enumerate() {
+        let event = UserEvent::Registered(UserRegistered {
+            id: *id,
+            email: format!("seed{i}@pii.test"),
+            name: format!("Seed {i}"),
+            roles: vec![Role::User],
+        });
+        push(StreamId::user(*id), Event::User(event), &mut rows);
+    }
+    let mut post_ids = Vec::with_capacity(posts);
+    for i in 0..posts {
+        let (id, author_id) = (PostId::new(), user_ids[i % users]);
+        post_ids.push((id, author_id));
+        let created = PostEvent::Created(PostCreated {
+            id,
+            author_id,
+            title: format!("Post {i}"),
+            body: "seeded".to_owned(),
+        });
+        push(StreamId::post(id), Event::Post(created), &mut rows);
+        let published = PostEvent::Published(PostPublished { id, author_id });
+        push(StreamId::post(id), Event::Post(published), &mut rows);
+    }
+    let mut likes: HashSet<(PostId, UserId)> = HashSet::new();
+    for _ in 0..reactions {
+        let (post_id, post_author_id) = post_ids[rng.gen_range(0..posts)];
+        let user_id = user_ids[rng.gen_range(0..users)];
+        let event = if rng.gen_bool(0.5) && likes.insert((post_id, user_id)) {
+            PostEvent::Liked(PostLiked {
+                post_id,
+                user_id,
+                post_author_id,
+            })
+        } else {
+            PostEvent::CommentAdded(CommentAdded {
+                post_id,
+                comment_id: CommentId::new(),
+                author_id: user_id,
+                post_author_id,
+                body: "seeded comment".to_owned(),
+            })
+        };
+        push(StreamId::post(post_id), Event::Post(event), &mut rows);
+    }
+    let appended = rows.len();
+    for chunk in rows.chunks(1000) {
+        let mut tx = pool.begin().await?;
+        event_log::insert(&mut tx, chunk).await?;
+        tx.commit().await?;
+    }
+    Ok(appended)
+}

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use keel_tests::projections::{Running, assert_live_equals_rebuilt, caught_up};
 use keel_tests::TestApp;
+use keel_tests::projections::{Running, assert_live_equals_rebuilt, caught_up};
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -227,7 +227,10 @@ async fn an_event_that_fails_once_is_applied_exactly_once_and_later_events_too()
         .await
         .unwrap();
     caught_up(&app.pool, WITHIN).await;
-    assert_eq!(post_titles(&app).await, ["Hello", "after", "before", "flaky"]);
+    assert_eq!(
+        post_titles(&app).await,
+        ["Hello", "after", "before", "flaky"]
+    );
     let refused: i64 = sqlx::query_scalar("SELECT last_value FROM keel_test_refusal_count")
         .fetch_one(&app.pool)
         .await
@@ -296,23 +299,35 @@ async fn poison_events_are_dead_lettered_and_later_events_still_apply() {
     create_post(&app, &token, "healthy").await;
     // Later events of the poisoned stream apply on top once it is dead-lettered.
     let published = app
-        .request(Method::POST, &format!("/api/posts/{poisoned}/publish"), &token)
+        .request(
+            Method::POST,
+            &format!("/api/posts/{poisoned}/publish"),
+            &token,
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(published.status(), 200);
     caught_up(&app.pool, Duration::from_secs(60)).await;
 
-    let letters = projectors::operations::dead_letters(&app.pool, &[events::read_model::Projection::Posts])
-        .await
-        .unwrap();
+    let letters =
+        projectors::operations::dead_letters(&app.pool, &[events::read_model::Projection::Posts])
+            .await
+            .unwrap();
     let types: Vec<&str> = letters.iter().map(|l| l.event_type.as_str()).collect();
     assert_eq!(types, ["post.created", "post.created"], "{letters:?}");
     assert!(letters.iter().any(|l| l.reason.contains("cannot decode")));
-    assert!(letters.iter().any(|l| l.reason.contains("refused by the test")));
+    assert!(
+        letters
+            .iter()
+            .any(|l| l.reason.contains("refused by the test"))
+    );
     let on_bus = dead_letter_messages(&app).await;
     assert_eq!(
-        on_bus.iter().filter(|(c, _)| c == "projector-posts").count(),
+        on_bus
+            .iter()
+            .filter(|(c, _)| c == "projector-posts")
+            .count(),
         2,
         "{on_bus:?}"
     );
@@ -322,7 +337,10 @@ async fn poison_events_are_dead_lettered_and_later_events_still_apply() {
     assert_eq!(posts.dead_letters, 2);
     // Other projections took the same events without trouble.
     let authors = status.iter().find(|s| s.name == "authors").unwrap();
-    assert_eq!(authors.dead_letters, 1, "only the undecodable one: {status:?}");
+    assert_eq!(
+        authors.dead_letters, 1,
+        "only the undecodable one: {status:?}"
+    );
 
     // The cause is fixed; a replay applies the refused event once, the other stays.
     sqlx::query("DROP TRIGGER refuse ON rm_posts.posts")

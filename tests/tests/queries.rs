@@ -154,15 +154,12 @@ fn ids(items: &Value) -> Vec<Uuid> {
         .collect()
 }
 
-/// A test app whose Redis URL the test knows.
-async fn spawn_with_redis(redis_url: Option<String>) -> (TestApp, String) {
+/// A test app on the given Redis.
+async fn spawn_on_redis(redis_url: &str) -> TestApp {
     let jwks = JwksServer::start().await.unwrap();
     let mut config = test_config(fresh_database().await.unwrap(), &jwks);
-    if let Some(url) = redis_url {
-        config.redis_url = url;
-    }
-    let redis_url = config.redis_url.clone();
-    (TestApp::spawn_with(config, jwks).await.unwrap(), redis_url)
+    config.redis_url = redis_url.to_owned();
+    TestApp::spawn_with(config, jwks).await.unwrap()
 }
 
 // ---- users ---------------------------------------------------------------------------
@@ -716,7 +713,7 @@ async fn the_dashboard_is_the_callers_model_newest_first() {
 
 #[tokio::test]
 async fn the_dashboard_is_a_miss_then_a_hit_and_a_miss_again_once_its_key_is_deleted() {
-    let (app, redis_url) = spawn_with_redis(None).await;
+    let app = TestApp::spawn().await.unwrap();
     let (ada, bob) = (Uuid::new_v4(), Uuid::new_v4());
     seed_dashboard(&app, ada, bob).await;
     let token = app.token(ada, &["user"]);
@@ -735,7 +732,7 @@ async fn the_dashboard_is_a_miss_then_a_hit_and_a_miss_again_once_its_key_is_del
     assert_eq!(second, first);
 
     let key = dashboard_key(&app, ada);
-    let client = redis::Client::open(redis_url.as_str()).unwrap();
+    let client = redis::Client::open(app.redis_url.as_str()).unwrap();
     let mut redis = client.get_multiplexed_async_connection().await.unwrap();
     let stored: String = redis::cmd("GET")
         .arg(&key)
@@ -795,7 +792,7 @@ async fn a_cached_dashboard_older_than_x_min_position_is_a_miss() {
 #[tokio::test]
 async fn with_redis_down_the_dashboard_comes_from_postgres_and_hits_resume_when_it_is_back() {
     let mut redis = RedisServer::start().await.unwrap();
-    let (app, _) = spawn_with_redis(Some(redis.url.clone())).await;
+    let app = spawn_on_redis(&redis.url).await;
     let (ada, bob) = (Uuid::new_v4(), Uuid::new_v4());
     seed_dashboard(&app, ada, bob).await;
     let token = app.token(ada, &["user"]);

@@ -1,0 +1,174 @@
+//! Projections under faults and while being rebuilt (PROMISES P6): a projector SIGKILLed
+//! mid-batch, again and again, and a rebuild swapped in under live traffic, each ending
+//! with every live model equal to a model rebuilt from the log.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use events::read_model::Projection;
+use keel_tests::projections::{
+    ProjectorProcess, Running, assert_live_equals_rebuilt, caught_up, config, seed_blog,
+};
+use keel_tests::{TestApp, eventually};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// The lowest position any projection has applied.
+async fn slowest(app: &TestApp) -> i64 {
+    projectors::operations::status(&app.pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.position)
+        .min()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_projector_killed_mid_batch_again_and_again_double_counts_nothing() {
+    let app = TestApp::spawn().await.unwrap();
+    let appended = seed_blog(&app.pool, 50, 200, 6000).await.unwrap();
+    let mut process = ProjectorProcess::spawn(&app);
+    let mut seen = 0;
+    for kill in 0..6 {
+        let before = seen;
+        seen = eventually(
+            Duration::from_secs(60),
+            "the projector makes progress between kills",
+            || async {
+                let now = slowest(&app).await;
+                if now > before {
+                    Ok(now)
+                } else {
+                    Err(format!("kill {kill}: at {now}"))
+                }
+            },
+        )
+        .await;
+        if seen >= appended as i64 {
+            break;
+        }
+        process.kill();
+        process = ProjectorProcess::spawn(&app);
+    }
+    caught_up(&app.pool, Duration::from_secs(120)).await;
+    process.kill();
+    let likes: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'post.liked'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let counted: i64 = sqlx::query_scalar("SELECT sum(like_count) FROM rm_posts.posts")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(counted, likes, "likes counted once each");
+    assert_live_equals_rebuilt(&app).await;
+    app.stop().await;
+}
+
+/// Keeps writing: new authors, posts published, likes, renames.
+async fn write_until(app: Arc<TestApp>, stop: Arc<AtomicBool>) -> usize {
+    let mut commands = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let (id, token) = app.register("Writer").await;
+        let post = app.published_post(&token).await;
+        let (_, fan) = app.register("Fan").await;
+        let liked = app
+            .request(Method::PUT, &format!("/api/posts/{post}/like"), &fan)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(liked.status(), 200);
+        let renamed = app
+            .send(
+                Method::PATCH,
+                &format!("/api/users/{id}"),
+                &token,
+                json!({"name": "Writer renamed"}),
+            )
+            .await;
+        assert_eq!(renamed.status(), 200);
+        commands += 6;
+    }
+    commands
+}
+
+#[tokio::test]
+async fn a_rebuild_under_live_traffic_is_never_seen_half_built() {
+    let app = Arc::new(TestApp::spawn().await.unwrap());
+    seed_blog(&app.pool, 30, 300, 3000).await.unwrap();
+    let projectors = Running::start(&app).await;
+    let (ada, token) = app.register("Ada").await;
+    let mut published = 0;
+    for _ in 0..5 {
+        app.published_post(&token).await;
+        published += 1;
+    }
+    caught_up(&app.pool, Duration::from_secs(60)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(write_until(app.clone(), stop.clone()));
+    let reader = {
+        let (app, stop, token) = (app.clone(), stop.clone(), token.clone());
+        tokio::spawn(async move {
+            let mut reads = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let author: Value = app
+                    .request(Method::GET, &format!("/api/authors/{ada}"), &token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    author["post_count"], published,
+                    "authors half built: {author}"
+                );
+                let page: Value = app
+                    .request(Method::GET, &format!("/api/posts?author_id={ada}"), &token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    page["items"].as_array().map(Vec::len),
+                    Some(published as usize),
+                    "posts half built: {page}"
+                );
+                let all: Value = app
+                    .request(Method::GET, "/api/posts?limit=100", &token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                assert_eq!(all["items"].as_array().map(Vec::len), Some(100), "{all}");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    let (pool, cache) = projectors::open(&config(&app)).await.unwrap();
+    for projection in Projection::ALL {
+        projectors::rebuild::rebuild(&pool, projection, &cache)
+            .await
+            .unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let commands = writer.await.unwrap();
+    let reads = reader.await.unwrap();
+    assert!(
+        commands > 0 && reads > 0,
+        "{commands} commands, {reads} reads"
+    );
+    caught_up(&app.pool, Duration::from_secs(60)).await;
+    projectors.stop().await;
+    assert_live_equals_rebuilt(&app).await;
+    Arc::into_inner(app).unwrap().stop().await;
+}
