@@ -47,8 +47,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use sqlx::migrate::MigrateDatabase;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -78,10 +77,8 @@ pub fn app(state: AppState) -> Router {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot create or reach the database")]
-    Database(#[source] sqlx::Error),
-    #[error("cannot apply the schema migrations")]
-    Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Database(#[from] events::database::OpenError),
     #[error("invalid REDIS_URL")]
     Redis(#[source] redis::RedisError),
     #[error("invalid NATS_URL")]
@@ -98,49 +95,6 @@ pub enum StartError {
     },
 }
 
-/// Creates the database if it is missing, then applies the migrations.
-pub async fn prepare_database(url: &str, pool_size: u32) -> Result<PgPool, StartError> {
-    let exists = sqlx::Postgres::database_exists(url)
-        .await
-        .map_err(StartError::Database)?;
-    if !exists {
-        match sqlx::Postgres::create_database(url).await {
-            Ok(()) => tracing::info!("database created"),
-            // Another instance created it first.
-            Err(e) if is_duplicate_database(&e) => {}
-            Err(e) => return Err(StartError::Database(e)),
-        }
-    }
-    let pool = PgPoolOptions::new()
-        .max_connections(pool_size)
-        .acquire_timeout(Duration::from_secs(3))
-        // A broken connection fails its query (503, retried by the client); pinging
-        // before every acquire would add a round trip to every command batch.
-        .test_before_acquire(false)
-        .connect_with(connect_options(url)?)
-        .await
-        .map_err(StartError::Database)?;
-    events::MIGRATOR
-        .run(&pool)
-        .await
-        .map_err(StartError::Migrate)?;
-    Ok(pool)
-}
-
-/// The URL's options, plus timeouts: a stalled server or a stuck append lock fails a
-/// command (503) instead of hanging it.
-pub fn connect_options(url: &str) -> Result<PgConnectOptions, StartError> {
-    let options: PgConnectOptions = url.parse().map_err(StartError::Database)?;
-    Ok(options.options([("statement_timeout", "10s"), ("lock_timeout", "5s")]))
-}
-
-fn is_duplicate_database(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .and_then(|e| e.code())
-        .is_some_and(|code| code == "42P04" || code == "23505")
-}
-
 /// A bound, ready-to-run command API.
 pub struct Application {
     listener: TcpListener,
@@ -153,7 +107,7 @@ pub struct Application {
 
 /// Prepares the database, binds the listener and wires the state; nothing runs yet.
 pub async fn build(config: Config) -> Result<Application, StartError> {
-    let pool = prepare_database(&config.database_url, config.db_pool_size).await?;
+    let pool = events::database::open(&config.database_url, config.db_pool_size).await?;
     let redis = redis::Client::open(config.redis_url.as_str()).map_err(StartError::Redis)?;
     let cache = cache::Cache::new(redis.clone()).map_err(StartError::Redis)?;
     let nats = async_nats::ConnectOptions::new()

@@ -45,7 +45,7 @@ pub async fn open(url: &str, pool_size: u32) -> Result<PgPool, OpenError> {
 
 /// The URL's options, plus timeouts: a stalled server or a stuck lock fails the work
 /// (which is retried) instead of hanging it.
-pub fn connect_options(url: &str) -> Result<PgConnectOptions, OpenError> {
+fn connect_options(url: &str) -> Result<PgConnectOptions, OpenError> {
     let options: PgConnectOptions = url.parse().map_err(OpenError::Database)?;
     Ok(options.options([("statement_timeout", "10s"), ("lock_timeout", "5s")]))
 }
