@@ -31,9 +31,10 @@ pub enum ApplyError {
         #[source]
         source: DecodeError,
     },
-    #[error("applying the event at position {position} failed")]
+    #[error("applying the events at positions {first} to {last} failed")]
     Model {
-        position: i64,
+        first: i64,
+        last: i64,
         #[source]
         source: sqlx::Error,
     },
@@ -106,6 +107,7 @@ pub async fn apply(
         .map_err(ApplyError::Bookkeeping)?;
     let mut touched: HashMap<String, i64> = HashMap::new();
     let mut outcomes = Vec::with_capacity(events.len());
+    let mut batch = Vec::with_capacity(events.len());
     for recorded in events {
         let stream = recorded.stream_id.to_string();
         let current = applied.get(&stream).copied().unwrap_or(0);
@@ -114,18 +116,22 @@ pub async fn apply(
         } else if recorded.version.0 > current + 1 {
             Outcome::Early
         } else {
-            let event = decode(recorded)?;
-            models::apply(conn, projection, schema, recorded, &event, stale)
-                .await
-                .map_err(|source| ApplyError::Model {
-                    position: recorded.position.0,
-                    source,
-                })?;
+            batch.push((*recorded, decode(recorded)?));
             applied.insert(stream.clone(), recorded.version.0);
             touched.insert(stream, recorded.version.0);
             Outcome::Applied
         };
         outcomes.push(outcome);
+    }
+    if let (Some((first, _)), Some((last, _))) = (batch.first(), batch.last()) {
+        let (first, last) = (first.position.0, last.position.0);
+        models::apply(conn, projection, schema, &batch, stale)
+            .await
+            .map_err(|source| ApplyError::Model {
+                first,
+                last,
+                source,
+            })?;
     }
     record_versions(conn, schema, touched)
         .await

@@ -176,12 +176,13 @@ async fn redrive(
             .into_iter()
             .find(|e| e.event_id.0 == letter.event_id)
             .ok_or(RedriveError::Missing)?;
-    let decoded = ledger::decode(&event)?;
+    let batch = [(&event, ledger::decode(&event)?)];
     let mut stale = Vec::new();
-    models::apply(&mut tx, projection, schema, &event, &decoded, &mut stale)
+    models::apply(&mut tx, projection, schema, &batch, &mut stale)
         .await
         .map_err(|source| ApplyError::Model {
-            position: event.position.0,
+            first: event.position.0,
+            last: event.position.0,
             source,
         })?;
     sqlx::query(&format!(

@@ -2,138 +2,184 @@
 //! status with like counts, and the comments others left on them. Every change names the
 //! users whose cached dashboard it makes stale.
 
-use sqlx::PgConnection;
+use std::collections::HashMap;
 
-use events::domain::{Event, PostEvent, UserEvent};
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::Applied;
+use events::domain::{PostEvent, UserEvent};
 use events::event_log::RecordedEvent;
-use events::ids::{PostId, UserId};
+use events::ids::UserId;
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    author_id: Uuid,
+    title: String,
+    status: String,
+    like_count: i32,
+    position: i64,
+}
+
+struct Comment {
+    id: Uuid,
+    recipient: Uuid,
+    post_id: Uuid,
+    author_id: Uuid,
+    body: String,
+    created_at: DateTime<Utc>,
+    position: i64,
+}
 
 pub async fn apply(
     conn: &mut PgConnection,
     schema: &str,
-    recorded: &RecordedEvent,
-    event: &Event,
+    batch: &[Applied<'_>],
     stale: &mut Vec<UserId>,
 ) -> Result<(), sqlx::Error> {
-    let post = match event {
-        Event::User(user_event) => {
-            super::users::apply(&mut *conn, &format!("{schema}.users"), recorded, user_event)
-                .await?;
-            let id = match user_event {
-                UserEvent::Registered(e) => e.id,
-                UserEvent::Updated(e) => {
-                    // A new name shows in the recent comments of others' dashboards too.
-                    let readers: Vec<UserId> = sqlx::query_scalar(&format!(
-                        "SELECT DISTINCT recipient FROM {schema}.comments WHERE author_id = $1"
-                    ))
-                    .bind(e.id)
-                    .fetch_all(&mut *conn)
-                    .await?;
-                    stale.extend(readers);
-                    e.id
-                }
-                UserEvent::RoleChanged(e) => e.id,
-                UserEvent::Deactivated(e) => e.id,
-            };
-            stale.push(id);
-            return Ok(());
-        }
-        Event::Post(post) => post,
-    };
-    let owner = match post {
-        PostEvent::Updated(e) => {
-            // The only post event that does not name the post's author.
-            let author: Option<UserId> = sqlx::query_scalar(&format!(
-                "UPDATE {schema}.posts SET title = $2 WHERE id = $1 RETURNING author_id"
-            ))
-            .bind(e.id)
-            .bind(&e.title)
-            .fetch_optional(&mut *conn)
-            .await?;
-            stale.extend(author);
-            return Ok(());
-        }
-        PostEvent::Created(e) => {
-            sqlx::query(&format!(
-                "INSERT INTO {schema}.posts (id, author_id, title, status, position)
-                 VALUES ($1, $2, $3, 'draft', $4)"
-            ))
-            .bind(e.id)
-            .bind(e.author_id)
-            .bind(&e.title)
-            .bind(recorded.position.0)
-            .execute(&mut *conn)
-            .await?;
-            e.author_id
-        }
-        PostEvent::Published(e) => {
-            set_status(conn, schema, e.id, "published").await?;
-            e.author_id
-        }
-        PostEvent::Deleted(e) => {
-            set_status(conn, schema, e.id, "deleted").await?;
-            e.author_id
-        }
-        // One's own comments are not news on one's own dashboard.
-        PostEvent::CommentAdded(e) if e.author_id == e.post_author_id => return Ok(()),
-        PostEvent::CommentAdded(e) => {
-            sqlx::query(&format!(
-                "INSERT INTO {schema}.comments
-                     (id, recipient, post_id, author_id, body, created_at, position)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)"
-            ))
-            .bind(e.comment_id)
-            .bind(e.post_author_id)
-            .bind(e.post_id)
-            .bind(e.author_id)
-            .bind(&e.body)
-            .bind(recorded.recorded_at)
-            .bind(recorded.position.0)
-            .execute(&mut *conn)
-            .await?;
-            e.post_author_id
-        }
-        PostEvent::Liked(e) => {
-            count_like(conn, schema, e.post_id, 1).await?;
-            e.post_author_id
-        }
-        PostEvent::Unliked(e) => {
-            count_like(conn, schema, e.post_id, -1).await?;
-            e.post_author_id
-        }
-    };
-    stale.push(owner);
+    let users = super::user_events(batch);
+    super::users::apply(&mut *conn, &format!("{schema}.users"), &users).await?;
+    stale.extend(users.iter().map(|(_, e)| UserId(super::users::id(e))));
+    let renamed: Vec<Uuid> = users
+        .iter()
+        .filter_map(|(_, e)| match e {
+            UserEvent::Updated(e) => Some(e.id.0),
+            _ => None,
+        })
+        .collect();
+    let comments = apply_posts(conn, schema, &super::post_events(batch), stale).await?;
+    if !comments.is_empty() {
+        sqlx::query(&format!(
+            "INSERT INTO {schema}.comments
+                 (id, recipient, post_id, author_id, body, created_at, position)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
+                 $6::timestamptz[], $7::bigint[])"
+        ))
+        .bind(comments.iter().map(|c| c.id).collect::<Vec<_>>())
+        .bind(comments.iter().map(|c| c.recipient).collect::<Vec<_>>())
+        .bind(comments.iter().map(|c| c.post_id).collect::<Vec<_>>())
+        .bind(comments.iter().map(|c| c.author_id).collect::<Vec<_>>())
+        .bind(comments.iter().map(|c| c.body.as_str()).collect::<Vec<_>>())
+        .bind(comments.iter().map(|c| c.created_at).collect::<Vec<_>>())
+        .bind(comments.iter().map(|c| c.position).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !renamed.is_empty() {
+        // A new name shows in the recent comments of others' dashboards too.
+        let readers: Vec<Uuid> = sqlx::query_scalar(&format!(
+            "SELECT DISTINCT recipient FROM {schema}.comments WHERE author_id = ANY($1)"
+        ))
+        .bind(renamed)
+        .fetch_all(conn)
+        .await?;
+        stale.extend(readers.into_iter().map(UserId));
+    }
     Ok(())
 }
 
-async fn set_status(
+/// Folds the post events into the posts table; returns the comments to add.
+async fn apply_posts(
     conn: &mut PgConnection,
     schema: &str,
-    post: PostId,
-    status: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!(
-        "UPDATE {schema}.posts SET status = $2 WHERE id = $1"
+    events: &[(&RecordedEvent, &PostEvent)],
+    stale: &mut Vec<UserId>,
+) -> Result<Vec<Comment>, sqlx::Error> {
+    if events.is_empty() {
+        return Ok(vec![]);
+    }
+    let ids: Vec<Uuid> = events
+        .iter()
+        .map(|(_, e)| super::posts::post_id(e))
+        .collect();
+    let mut rows: HashMap<Uuid, Row> = sqlx::query_as::<_, Row>(&format!(
+        "SELECT id, author_id, title, status, like_count, position
+         FROM {schema}.posts WHERE id = ANY($1)"
     ))
-    .bind(post)
-    .bind(status)
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|row| (row.id, row))
+    .collect();
+    let mut comments = Vec::new();
+    for (recorded, event) in events {
+        match event {
+            PostEvent::Created(e) => {
+                rows.insert(
+                    e.id.0,
+                    Row {
+                        id: e.id.0,
+                        author_id: e.author_id.0,
+                        title: e.title.clone(),
+                        status: "draft".to_owned(),
+                        like_count: 0,
+                        position: recorded.position.0,
+                    },
+                );
+                stale.push(e.author_id);
+            }
+            PostEvent::Updated(e) => {
+                if let Some(row) = rows.get_mut(&e.id.0) {
+                    row.title.clone_from(&e.title);
+                    stale.push(UserId(row.author_id));
+                }
+            }
+            PostEvent::Published(e) => {
+                set(&mut rows, e.id.0, |row| row.status = "published".to_owned());
+                stale.push(e.author_id);
+            }
+            PostEvent::Deleted(e) => {
+                set(&mut rows, e.id.0, |row| row.status = "deleted".to_owned());
+                stale.push(e.author_id);
+            }
+            // One's own comments are not news on one's own dashboard.
+            PostEvent::CommentAdded(e) if e.author_id == e.post_author_id => {}
+            PostEvent::CommentAdded(e) => {
+                comments.push(Comment {
+                    id: e.comment_id.0,
+                    recipient: e.post_author_id.0,
+                    post_id: e.post_id.0,
+                    author_id: e.author_id.0,
+                    body: e.body.clone(),
+                    created_at: recorded.recorded_at,
+                    position: recorded.position.0,
+                });
+                stale.push(e.post_author_id);
+            }
+            PostEvent::Liked(e) => {
+                set(&mut rows, e.post_id.0, |row| row.like_count += 1);
+                stale.push(e.post_author_id);
+            }
+            PostEvent::Unliked(e) => {
+                set(&mut rows, e.post_id.0, |row| row.like_count -= 1);
+                stale.push(e.post_author_id);
+            }
+        }
+    }
+    let rows: Vec<Row> = rows.into_values().collect();
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.posts (id, author_id, title, status, like_count, position)
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int[],
+             $6::bigint[])
+         ON CONFLICT (id) DO UPDATE SET title = excluded.title, status = excluded.status,
+             like_count = excluded.like_count"
+    ))
+    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.author_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.title.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.like_count).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.position).collect::<Vec<_>>())
     .execute(conn)
-    .await
-    .map(drop)
+    .await?;
+    Ok(comments)
 }
 
-async fn count_like(
-    conn: &mut PgConnection,
-    schema: &str,
-    post: PostId,
-    by: i32,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!(
-        "UPDATE {schema}.posts SET like_count = like_count + $2 WHERE id = $1"
-    ))
-    .bind(post)
-    .bind(by)
-    .execute(conn)
-    .await
-    .map(drop)
+fn set(rows: &mut HashMap<Uuid, Row>, post: Uuid, change: impl FnOnce(&mut Row)) {
+    if let Some(row) = rows.get_mut(&post) {
+        change(row);
+    }
 }

@@ -1,7 +1,10 @@
-//! How each projection folds one event into its model: plain SQL against the model's
-//! schema (the live `rm_<name>` or a rebuild's fresh copy), run inside the caller's
-//! transaction. The caller guarantees each stream's events arrive once and in version
-//! order; these functions only say what an event changes.
+//! How each projection folds events into its model, a batch at a time: the rows the batch
+//! touches are loaded in one query per table, the events folded into them in memory, and
+//! the result written back with one statement per table (`unnest` upserts), so a batch
+//! costs a handful of round trips whatever its size. Run inside the caller's transaction
+//! against the model's schema (the live `rm_<name>` or a rebuild's fresh copy). The caller
+//! guarantees each stream's events arrive once and in version order; these functions only
+//! say what the events change.
 
 mod authors;
 mod dashboard;
@@ -10,31 +13,49 @@ mod users;
 
 use sqlx::PgConnection;
 
-use events::domain::Event;
+use events::domain::{Event, PostEvent, UserEvent};
 use events::event_log::RecordedEvent;
 use events::ids::UserId;
 use events::read_model::Projection;
 
-/// Applies `event` (decoded from `recorded`) to `projection`'s model in `schema`. Pushes
-/// the users whose cached dashboard it makes stale onto `stale`.
+/// An event to apply, with where it sits in the log.
+pub type Applied<'a> = (&'a RecordedEvent, Event);
+
+/// Applies `batch`, in order, to `projection`'s model in `schema`. Pushes the users whose
+/// cached dashboard it makes stale onto `stale`.
 pub async fn apply(
     conn: &mut PgConnection,
     projection: Projection,
     schema: &str,
-    recorded: &RecordedEvent,
-    event: &Event,
+    batch: &[Applied<'_>],
     stale: &mut Vec<UserId>,
 ) -> Result<(), sqlx::Error> {
     match projection {
-        Projection::Users => match event {
-            Event::User(e) => users::apply(conn, &format!("{schema}.users"), recorded, e).await,
-            Event::Post(_) => Ok(()),
-        },
-        Projection::Authors => authors::apply(conn, schema, recorded, event).await,
-        Projection::Posts => match event {
-            Event::Post(e) => posts::apply(conn, schema, recorded, e).await,
-            Event::User(_) => Ok(()),
-        },
-        Projection::Dashboard => dashboard::apply(conn, schema, recorded, event, stale).await,
+        Projection::Users => {
+            users::apply(conn, &format!("{schema}.users"), &user_events(batch)).await
+        }
+        Projection::Authors => authors::apply(conn, schema, batch).await,
+        Projection::Posts => posts::apply(conn, schema, &post_events(batch)).await,
+        Projection::Dashboard => dashboard::apply(conn, schema, batch, stale).await,
     }
+}
+
+fn user_events<'a>(batch: &'a [Applied<'_>]) -> Vec<(&'a RecordedEvent, &'a UserEvent)> {
+    batch
+        .iter()
+        .filter_map(|(recorded, event)| match event {
+            Event::User(e) => Some((*recorded, e)),
+            Event::Post(_) => None,
+        })
+        .collect()
+}
+
+fn post_events<'a>(batch: &'a [Applied<'_>]) -> Vec<(&'a RecordedEvent, &'a PostEvent)> {
+    batch
+        .iter()
+        .filter_map(|(recorded, event)| match event {
+            Event::Post(e) => Some((*recorded, e)),
+            Event::User(_) => None,
+        })
+        .collect()
 }

@@ -2,94 +2,161 @@
 //! counts. Author names are not copied here: readers join the `authors` model, so a
 //! rename shows on every post and comment at once.
 
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use events::domain::PostEvent;
 use events::event_log::RecordedEvent;
 
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    author_id: Uuid,
+    title: String,
+    body: String,
+    status: String,
+    created_at: DateTime<Utc>,
+    published_at: Option<DateTime<Utc>>,
+    comment_count: i32,
+    like_count: i32,
+    version: i64,
+}
+
+struct Comment {
+    id: Uuid,
+    post_id: Uuid,
+    author_id: Uuid,
+    body: String,
+    created_at: DateTime<Utc>,
+    position: i64,
+}
+
 pub async fn apply(
     conn: &mut PgConnection,
     schema: &str,
-    recorded: &RecordedEvent,
-    event: &PostEvent,
+    events: &[(&RecordedEvent, &PostEvent)],
 ) -> Result<(), sqlx::Error> {
-    let version = recorded.version.0;
-    let at = recorded.recorded_at;
+    if events.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = events.iter().map(|(_, e)| post_id(e)).collect();
+    let mut rows: HashMap<Uuid, Row> = sqlx::query_as::<_, Row>(&format!(
+        "SELECT id, author_id, title, body, status, created_at, published_at, comment_count,
+                like_count, version
+         FROM {schema}.posts WHERE id = ANY($1)"
+    ))
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|row| (row.id, row))
+    .collect();
+    let mut comments = Vec::new();
+    for (recorded, event) in events {
+        let (version, at) = (recorded.version.0, recorded.recorded_at);
+        match event {
+            PostEvent::Created(e) => {
+                rows.insert(
+                    e.id.0,
+                    Row {
+                        id: e.id.0,
+                        author_id: e.author_id.0,
+                        title: e.title.clone(),
+                        body: e.body.clone(),
+                        status: "draft".to_owned(),
+                        created_at: at,
+                        published_at: None,
+                        comment_count: 0,
+                        like_count: 0,
+                        version,
+                    },
+                );
+                continue;
+            }
+            PostEvent::CommentAdded(e) => comments.push(Comment {
+                id: e.comment_id.0,
+                post_id: e.post_id.0,
+                author_id: e.author_id.0,
+                body: e.body.clone(),
+                created_at: at,
+                position: recorded.position.0,
+            }),
+            _ => {}
+        }
+        let Some(row) = rows.get_mut(&post_id(event)) else {
+            continue;
+        };
+        row.version = version;
+        match event {
+            PostEvent::Created(_) => {}
+            PostEvent::Updated(e) => {
+                row.title.clone_from(&e.title);
+                row.body.clone_from(&e.body);
+            }
+            PostEvent::Published(_) => {
+                row.status = "published".to_owned();
+                row.published_at = Some(at);
+            }
+            PostEvent::Deleted(_) => row.status = "deleted".to_owned(),
+            PostEvent::CommentAdded(_) => row.comment_count += 1,
+            PostEvent::Liked(_) => row.like_count += 1,
+            PostEvent::Unliked(_) => row.like_count -= 1,
+        }
+    }
+    let rows: Vec<Row> = rows.into_values().collect();
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.posts (id, author_id, title, body, status, created_at,
+             published_at, comment_count, like_count, version)
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+             $6::timestamptz[], $7::timestamptz[], $8::int[], $9::int[], $10::bigint[])
+         ON CONFLICT (id) DO UPDATE SET title = excluded.title, body = excluded.body,
+             status = excluded.status, published_at = excluded.published_at,
+             comment_count = excluded.comment_count, like_count = excluded.like_count,
+             version = excluded.version"
+    ))
+    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.author_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.title.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.body.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.published_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.comment_count).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.like_count).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    if comments.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.comments (id, post_id, author_id, body, created_at, position)
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[],
+             $5::timestamptz[], $6::bigint[])"
+    ))
+    .bind(comments.iter().map(|c| c.id).collect::<Vec<_>>())
+    .bind(comments.iter().map(|c| c.post_id).collect::<Vec<_>>())
+    .bind(comments.iter().map(|c| c.author_id).collect::<Vec<_>>())
+    .bind(comments.iter().map(|c| c.body.as_str()).collect::<Vec<_>>())
+    .bind(comments.iter().map(|c| c.created_at).collect::<Vec<_>>())
+    .bind(comments.iter().map(|c| c.position).collect::<Vec<_>>())
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// The post an event is about.
+pub fn post_id(event: &PostEvent) -> Uuid {
     match event {
-        PostEvent::Created(e) => sqlx::query(&format!(
-            "INSERT INTO {schema}.posts (id, author_id, title, body, status, created_at, version)
-             VALUES ($1, $2, $3, $4, 'draft', $5, $6)"
-        ))
-        .bind(e.id)
-        .bind(e.author_id)
-        .bind(&e.title)
-        .bind(&e.body)
-        .bind(at)
-        .bind(version)
-        .execute(&mut *conn)
-        .await
-        .map(drop),
-        PostEvent::Updated(e) => sqlx::query(&format!(
-            "UPDATE {schema}.posts SET title = $2, body = $3, version = $4 WHERE id = $1"
-        ))
-        .bind(e.id)
-        .bind(&e.title)
-        .bind(&e.body)
-        .bind(version)
-        .execute(&mut *conn)
-        .await
-        .map(drop),
-        PostEvent::Published(e) => sqlx::query(&format!(
-            "UPDATE {schema}.posts SET status = 'published', published_at = $2, version = $3
-             WHERE id = $1"
-        ))
-        .bind(e.id)
-        .bind(at)
-        .bind(version)
-        .execute(&mut *conn)
-        .await
-        .map(drop),
-        PostEvent::Deleted(e) => sqlx::query(&format!(
-            "UPDATE {schema}.posts SET status = 'deleted', version = $2 WHERE id = $1"
-        ))
-        .bind(e.id)
-        .bind(version)
-        .execute(&mut *conn)
-        .await
-        .map(drop),
-        PostEvent::CommentAdded(e) => sqlx::query(&format!(
-            "WITH added AS (
-                 INSERT INTO {schema}.comments (id, post_id, author_id, body, created_at, position)
-                 VALUES ($2, $1, $3, $4, $5, $6)
-             )
-             UPDATE {schema}.posts SET comment_count = comment_count + 1, version = $7
-             WHERE id = $1"
-        ))
-        .bind(e.post_id)
-        .bind(e.comment_id)
-        .bind(e.author_id)
-        .bind(&e.body)
-        .bind(at)
-        .bind(recorded.position.0)
-        .bind(version)
-        .execute(&mut *conn)
-        .await
-        .map(drop),
-        PostEvent::Liked(e) => sqlx::query(&format!(
-            "UPDATE {schema}.posts SET like_count = like_count + 1, version = $2 WHERE id = $1"
-        ))
-        .bind(e.post_id)
-        .bind(version)
-        .execute(&mut *conn)
-        .await
-        .map(drop),
-        PostEvent::Unliked(e) => sqlx::query(&format!(
-            "UPDATE {schema}.posts SET like_count = like_count - 1, version = $2 WHERE id = $1"
-        ))
-        .bind(e.post_id)
-        .bind(version)
-        .execute(&mut *conn)
-        .await
-        .map(drop),
+        PostEvent::Created(e) => e.id.0,
+        PostEvent::Updated(e) => e.id.0,
+        PostEvent::Published(e) => e.id.0,
+        PostEvent::Deleted(e) => e.id.0,
+        PostEvent::CommentAdded(e) => e.post_id.0,
+        PostEvent::Liked(e) => e.post_id.0,
+        PostEvent::Unliked(e) => e.post_id.0,
     }
 }

@@ -1,58 +1,103 @@
 //! The `users` model (and the dashboard's copy of it): one row per user, its profile,
 //! roles, standing and stream version.
 
+use std::collections::HashMap;
+
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use events::domain::{Role, UserEvent};
 use events::event_log::RecordedEvent;
 
-/// Applies a user event to a users table (`<schema>.users`).
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    email: String,
+    name: String,
+    roles: Vec<String>,
+    active: bool,
+    version: i64,
+}
+
+/// Applies user events, in order, to a users table (`<schema>.users`).
 pub async fn apply(
     conn: &mut PgConnection,
     table: &str,
-    recorded: &RecordedEvent,
-    event: &UserEvent,
+    events: &[(&RecordedEvent, &UserEvent)],
 ) -> Result<(), sqlx::Error> {
-    let version = recorded.version.0;
-    match event {
-        UserEvent::Registered(e) => sqlx::query(&format!(
-            "INSERT INTO {table} (id, email, name, roles, active, version)
-             VALUES ($1, $2, $3, $4, true, $5)"
-        ))
-        .bind(e.id)
-        .bind(&e.email)
-        .bind(&e.name)
-        .bind(Role::names(&e.roles))
-        .bind(version)
-        .execute(&mut *conn)
-        .await
-        .map(drop),
-        UserEvent::Updated(e) => sqlx::query(&format!(
-            "UPDATE {table} SET email = $2, name = $3, version = $4 WHERE id = $1"
-        ))
-        .bind(e.id)
-        .bind(&e.email)
-        .bind(&e.name)
-        .bind(version)
-        .execute(&mut *conn)
-        .await
-        .map(drop),
-        UserEvent::RoleChanged(e) => sqlx::query(&format!(
-            "UPDATE {table} SET roles = $2, version = $3 WHERE id = $1"
-        ))
-        .bind(e.id)
-        .bind(Role::names(&e.roles))
-        .bind(version)
-        .execute(&mut *conn)
-        .await
-        .map(drop),
-        UserEvent::Deactivated(e) => sqlx::query(&format!(
-            "UPDATE {table} SET active = false, version = $2 WHERE id = $1"
-        ))
-        .bind(e.id)
-        .bind(version)
-        .execute(&mut *conn)
-        .await
-        .map(drop),
+    if events.is_empty() {
+        return Ok(());
     }
+    let ids: Vec<Uuid> = events.iter().map(|(_, e)| id(e)).collect();
+    let mut rows: HashMap<Uuid, Row> = sqlx::query_as::<_, Row>(&format!(
+        "SELECT id, email, name, roles, active, version FROM {table} WHERE id = ANY($1)"
+    ))
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|row| (row.id, row))
+    .collect();
+    for (recorded, event) in events {
+        let version = recorded.version.0;
+        if let UserEvent::Registered(e) = event {
+            rows.insert(
+                e.id.0,
+                Row {
+                    id: e.id.0,
+                    email: e.email.clone(),
+                    name: e.name.clone(),
+                    roles: names(&e.roles),
+                    active: true,
+                    version,
+                },
+            );
+            continue;
+        }
+        let Some(row) = rows.get_mut(&id(event)) else {
+            continue;
+        };
+        row.version = version;
+        match event {
+            UserEvent::Registered(_) => {}
+            UserEvent::Updated(e) => {
+                row.email.clone_from(&e.email);
+                row.name.clone_from(&e.name);
+            }
+            UserEvent::RoleChanged(e) => row.roles = names(&e.roles),
+            UserEvent::Deactivated(_) => row.active = false,
+        }
+    }
+    let rows: Vec<Row> = rows.into_values().collect();
+    sqlx::query(&format!(
+        "INSERT INTO {table} (id, email, name, roles, active, version)
+         SELECT id, email, name, string_to_array(roles, ','), active, version
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::bigint[])
+              AS t(id, email, name, roles, active, version)
+         ON CONFLICT (id) DO UPDATE SET email = excluded.email, name = excluded.name,
+             roles = excluded.roles, active = excluded.active, version = excluded.version"
+    ))
+    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.email.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.roles.join(",")).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.active).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// The user an event is about.
+pub fn id(event: &UserEvent) -> Uuid {
+    match event {
+        UserEvent::Registered(e) => e.id.0,
+        UserEvent::Updated(e) => e.id.0,
+        UserEvent::RoleChanged(e) => e.id.0,
+        UserEvent::Deactivated(e) => e.id.0,
+    }
+}
+
+fn names(roles: &[Role]) -> Vec<String> {
+    Role::names(roles).into_iter().map(str::to_owned).collect()
 }

@@ -3,8 +3,11 @@
 //! - `append`: HTTP commands/s and latency vs pgbench's one-row INSERT TPS.
 //! - `publish`: outbox drain events/s vs a bare async-nats JetStream publisher, and
 //!   commit-to-bus latency at a steady command rate.
+//! - `project`: live projection events/s from a JetStream backlog vs a bare pull consumer;
+//!   rebuild events/s from the log vs a bare keyset scan.
 
 mod append;
+mod project;
 mod publish;
 
 use std::time::Duration;
@@ -32,6 +35,15 @@ enum Cli {
         #[arg(long, default_value = "10")]
         seconds: u64,
     },
+    /// Projection rate from a JetStream backlog; rebuild rate from the log.
+    Project {
+        /// Events in the JetStream backlog the `posts` and `authors` projections apply.
+        #[arg(long, default_value = "100000")]
+        events: usize,
+        /// Events in the log the `posts` model is rebuilt from.
+        #[arg(long, default_value = "1000000")]
+        rebuild_events: usize,
+    },
 }
 
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -48,5 +60,9 @@ async fn main() -> anyhow::Result<()> {
             rate,
             seconds,
         } => publish::run(events, rate, seconds).await,
+        Cli::Project {
+            events,
+            rebuild_events,
+        } => project::run(events, rebuild_events).await,
     }
 }
