@@ -6,10 +6,13 @@
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
 
-/// Where dead letters go.
+/// Where dead letters go: stream `<KEEL_STREAM>_DLQ`, subjects `dlq.<prefix>.<consumer>`
+/// (outside `<prefix>.>`, so the dead-letter streams of different prefixes never
+/// overlap).
 #[derive(Debug, Clone)]
 pub struct DeadLetterQueue {
     pub stream: String,
+    pub subjects: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,15 +39,16 @@ pub struct Letter<'a> {
 }
 
 impl DeadLetterQueue {
-    /// The dead-letter stream of the event stream `events_stream`.
-    pub fn of(events_stream: &str) -> Self {
+    /// The dead-letter stream of the event stream `events_stream` on `subject_prefix`.
+    pub fn of(events_stream: &str, subject_prefix: &str) -> Self {
         Self {
             stream: format!("{events_stream}_DLQ"),
+            subjects: format!("dlq.{subject_prefix}"),
         }
     }
 
     fn subject(&self, consumer: &str) -> String {
-        format!("{}.{consumer}", self.stream)
+        format!("{}.{consumer}", self.subjects)
     }
 
     /// Creates the stream if it is missing (file storage, kept until removed).
@@ -52,7 +56,7 @@ impl DeadLetterQueue {
         context
             .get_or_create_stream(stream::Config {
                 name: self.stream.clone(),
-                subjects: vec![format!("{}.>", self.stream)],
+                subjects: vec![format!("{}.>", self.subjects)],
                 storage: stream::StorageType::File,
                 duplicate_window: std::time::Duration::from_secs(120),
                 ..Default::default()

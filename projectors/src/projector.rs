@@ -35,6 +35,8 @@ pub const EARLY_DELAY: Duration = Duration::from_millis(500);
 pub const ATTEMPTS: u32 = 5;
 /// The pause after the first failed try; it doubles each time.
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// How long a batch waits for more messages once its first one arrived.
+pub const LINGER: Duration = Duration::from_millis(5);
 /// With nothing arriving for this long, the checkpoint is brought up to the log's head.
 pub const IDLE: Duration = Duration::from_secs(1);
 
@@ -145,27 +147,38 @@ impl Projector {
             .messages()
             .await
             .map_err(|e| ProjectorError::Consume(Box::new(e)))?;
-        let mut chunks = messages.ready_chunks(BATCH);
+        let mut messages = messages;
         tracing::info!(consumer = %self.projection.consumer(), "projection consuming");
         loop {
             // Stop only between batches: the batch in hand is finished first.
-            let next = tokio::select! {
+            let first = tokio::select! {
                 () = stop.cancelled() => return Ok(()),
-                next = tokio::time::timeout(IDLE, chunks.next()) => next,
+                first = tokio::time::timeout(IDLE, messages.next()) => first,
             };
-            let Ok(next) = next else {
+            let Ok(first) = first else {
                 self.advance_checkpoint().await?;
                 continue;
             };
-            let Some(chunk) = next else {
+            let Some(first) = first else {
                 return Err(ProjectorError::Consume("the message stream ended".into()));
             };
-            let mut batch = Vec::with_capacity(chunk.len());
+            let mut batch = Vec::with_capacity(BATCH);
             let mut failure = None;
-            for item in chunk {
+            let mut next = Some(first);
+            let gathered = tokio::time::Instant::now() + LINGER;
+            while let Some(item) = next.take() {
                 match item {
                     Ok(message) => batch.push(message),
-                    Err(error) => failure = Some(error),
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
+                }
+                if batch.len() < BATCH {
+                    next = tokio::time::timeout_at(gathered, messages.next())
+                        .await
+                        .ok()
+                        .flatten();
                 }
             }
             if !batch.is_empty() {

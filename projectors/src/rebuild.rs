@@ -22,7 +22,7 @@ use events::ids::Position;
 use events::read_model::{self, Projection};
 
 /// Events read from the log per transaction.
-pub const PAGE: i64 = 5000;
+pub const PAGE: i64 = 50_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
