@@ -308,19 +308,7 @@ impl Projector {
         event: &RecordedEvent,
         reason: &str,
     ) -> Result<(), ProjectorError> {
-        let consumer = self.projection.consumer();
-        self.dead_letters
-            .publish(
-                &self.jetstream,
-                Letter {
-                    consumer: &consumer,
-                    reason,
-                    event_id: Some(event.event_id.to_string()),
-                    position: Some(event.position.0),
-                    stream_sequence: sequence(message),
-                    payload: message.payload.clone(),
-                },
-            )
+        self.to_dead_letter_stream(message, Some(event), reason)
             .await?;
         let mut tx = self.pool.begin().await.map_err(ProjectorError::Database)?;
         ledger::lock(&mut tx, self.projection)
@@ -334,7 +322,7 @@ impl Projector {
             .map_err(ProjectorError::Database)?;
         tx.commit().await.map_err(ProjectorError::Database)?;
         tracing::error!(
-            consumer = %consumer,
+            consumer = %self.projection.consumer(),
             event_id = %event.event_id,
             event_type = %event.event_type,
             position = event.position.0,
@@ -351,31 +339,39 @@ impl Projector {
         message: jetstream::Message,
         reason: &str,
     ) -> Result<(), ProjectorError> {
-        let consumer = self.projection.consumer();
+        self.to_dead_letter_stream(&message, None, reason).await?;
+        tracing::error!(
+            consumer = %self.projection.consumer(),
+            reason,
+            "message is not an event; dead-lettered"
+        );
+        settle(&message, Outcome::Applied).await;
+        Ok(())
+    }
+
+    async fn to_dead_letter_stream(
+        &self,
+        message: &jetstream::Message,
+        event: Option<&RecordedEvent>,
+        reason: &str,
+    ) -> Result<(), DeadLetterError> {
         self.dead_letters
             .publish(
                 &self.jetstream,
                 Letter {
-                    consumer: &consumer,
+                    consumer: &self.projection.consumer(),
                     reason,
-                    event_id: None,
-                    position: None,
-                    stream_sequence: sequence(&message),
+                    event_id: event.map(|e| e.event_id.to_string()),
+                    position: event.map(|e| e.position.0),
+                    stream_sequence: message
+                        .info()
+                        .map(|i| i.stream_sequence)
+                        .unwrap_or_default(),
                     payload: message.payload.clone(),
                 },
             )
-            .await?;
-        tracing::error!(consumer = %consumer, reason, "message is not an event; dead-lettered");
-        settle(&message, Outcome::Applied).await;
-        Ok(())
+            .await
     }
-}
-
-fn sequence(message: &jetstream::Message) -> u64 {
-    message
-        .info()
-        .map(|i| i.stream_sequence)
-        .unwrap_or_default()
 }
 
 /// Acks what is done (applied, or a duplicate); hands back what came too early.

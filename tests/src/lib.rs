@@ -11,6 +11,7 @@ pub mod jwks_server;
 pub mod nats_server;
 pub mod projections;
 pub mod redis_server;
+pub mod server_process;
 pub mod stream;
 pub mod test_app;
 

@@ -1,22 +1,15 @@
 //! A nats-server of the test's own (JetStream on, its own port and store), so a test
 //! can really stop and restart it without touching anyone else's.
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-use crate::eventually;
+use crate::server_process::{ServerProcess, free_port};
 
 pub struct NatsServer {
     pub port: u16,
     pub url: String,
     store: std::path::PathBuf,
-    child: Option<Child>,
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    process: ServerProcess,
 }
 
 impl NatsServer {
@@ -28,7 +21,7 @@ impl NatsServer {
             port,
             url: format!("nats://127.0.0.1:{port}"),
             store,
-            child: None,
+            process: ServerProcess::new(port),
         };
         server.start_again().await?;
         Ok(server)
@@ -36,7 +29,8 @@ impl NatsServer {
 
     /// Starts the server (again) on the same port and store.
     pub async fn start_again(&mut self) -> anyhow::Result<()> {
-        let child = Command::new("nats-server")
+        let mut command = Command::new("nats-server");
+        command
             .args([
                 "-js",
                 "-a",
@@ -45,31 +39,13 @@ impl NatsServer {
                 &self.port.to_string(),
                 "-sd",
             ])
-            .arg(&self.store)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        self.child = Some(child);
-        let port = self.port;
-        eventually(
-            Duration::from_secs(10),
-            "nats-server accepts connections",
-            || async move {
-                std::net::TcpStream::connect(("127.0.0.1", port))
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            },
-        )
-        .await;
-        Ok(())
+            .arg(&self.store);
+        self.process.start(command).await
     }
 
     /// Kills the server process (SIGKILL) and waits for it to be gone.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.stop();
     }
 }
 

@@ -1,21 +1,14 @@
 //! A redis-server of the test's own (its own port, no persistence), so a test can really
 //! stop and restart it without touching anyone else's.
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-use crate::eventually;
+use crate::server_process::{ServerProcess, free_port};
 
 pub struct RedisServer {
     pub port: u16,
     pub url: String,
-    child: Option<Child>,
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    process: ServerProcess,
 }
 
 impl RedisServer {
@@ -24,7 +17,7 @@ impl RedisServer {
         let mut server = Self {
             port,
             url: format!("redis://127.0.0.1:{port}"),
-            child: None,
+            process: ServerProcess::new(port),
         };
         server.start_again().await?;
         Ok(server)
@@ -32,48 +25,16 @@ impl RedisServer {
 
     /// Starts the server (again) on the same port, empty.
     pub async fn start_again(&mut self) -> anyhow::Result<()> {
-        let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &self.port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(std::env::temp_dir())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        self.child = Some(child);
-        let port = self.port;
-        eventually(
-            Duration::from_secs(10),
-            "redis-server accepts connections",
-            || async move {
-                std::net::TcpStream::connect(("127.0.0.1", port))
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            },
-        )
-        .await;
-        Ok(())
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(std::env::temp_dir());
+        self.process.start(command).await
     }
 
     /// Kills the server process (SIGKILL) and waits for it to be gone.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
+        self.process.stop();
     }
 }

@@ -122,6 +122,17 @@ impl TestApp {
             .bearer_auth(token)
     }
 
+    /// GETs `path` with a bearer token: the status and the JSON body (null if none).
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        let response = self
+            .request(reqwest::Method::GET, path, token)
+            .send()
+            .await
+            .expect("the test app answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or_default())
+    }
+
     /// Sends JSON with a bearer token.
     pub async fn send(&self, method: Method, path: &str, token: &str, body: Value) -> Response {
         self.request(method, path, token)

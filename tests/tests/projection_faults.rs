@@ -12,7 +12,7 @@ use keel_tests::projections::{
 };
 use keel_tests::{TestApp, eventually};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// The lowest position any projection has applied.
 async fn slowest(app: &TestApp) -> i64 {
@@ -115,39 +115,20 @@ async fn a_rebuild_under_live_traffic_is_never_seen_half_built() {
         tokio::spawn(async move {
             let mut reads = 0;
             while !stop.load(Ordering::Relaxed) {
-                let author: Value = app
-                    .request(Method::GET, &format!("/api/authors/{ada}"), &token)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let (_, author) = app.get(&format!("/api/authors/{ada}"), &token).await;
                 assert_eq!(
                     author["post_count"], published,
                     "authors half built: {author}"
                 );
-                let page: Value = app
-                    .request(Method::GET, &format!("/api/posts?author_id={ada}"), &token)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let (_, page) = app
+                    .get(&format!("/api/posts?author_id={ada}"), &token)
+                    .await;
                 assert_eq!(
                     page["items"].as_array().map(Vec::len),
                     Some(published as usize),
                     "posts half built: {page}"
                 );
-                let all: Value = app
-                    .request(Method::GET, "/api/posts?limit=100", &token)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let (_, all) = app.get("/api/posts?limit=100", &token).await;
                 assert_eq!(all["items"].as_array().map(Vec::len), Some(100), "{all}");
                 reads += 1;
             }
