@@ -1,16 +1,19 @@
 //! Projections under faults and while being rebuilt (PROMISES P6): a projector SIGKILLed
-//! mid-batch, again and again, and a rebuild swapped in under live traffic, each ending
-//! with every live model equal to a model rebuilt from the log.
+//! mid-batch, again and again, NATS killed and restarted under a projection, and a
+//! rebuild swapped in under live traffic, each ending with every live model equal to a
+//! model rebuilt from the log.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use events::read_model::Projection;
+use keel_tests::nats_server::NatsServer;
 use keel_tests::projections::{
     ProjectorProcess, Running, assert_live_equals_rebuilt, caught_up, config, seed_blog,
 };
-use keel_tests::{TestApp, eventually};
+use keel_tests::test_app::test_config;
+use keel_tests::{JwksServer, TestApp, eventually, fresh_database};
 use reqwest::Method;
 use serde_json::json;
 
@@ -152,4 +155,38 @@ async fn a_rebuild_under_live_traffic_is_never_seen_half_built() {
     projectors.stop().await;
     assert_live_equals_rebuilt(&app).await;
     Arc::into_inner(app).unwrap().stop().await;
+}
+
+#[tokio::test]
+async fn projections_resume_after_nats_is_killed_and_restarted_mid_backlog() {
+    let mut nats = NatsServer::start().await.unwrap();
+    let jwks = JwksServer::start().await.unwrap();
+    let mut settings = test_config(fresh_database().await.unwrap(), &jwks);
+    settings.nats_url = nats.url.clone();
+    let app = TestApp::spawn_with(settings, jwks).await.unwrap();
+    let appended = seed_blog(&app.pool, 40, 200, 8000).await.unwrap() as i64;
+    let projectors = Running::start(&app).await;
+    eventually(Duration::from_secs(60), "the projections start", || async {
+        let now = slowest(&app).await;
+        if now > 0 {
+            Ok(())
+        } else {
+            Err(format!("at {now}"))
+        }
+    })
+    .await;
+    nats.stop();
+    let stranded = slowest(&app).await;
+    // Commands keep working while NATS is away; their events wait in the log.
+    let (_, token) = app.register("During the outage").await;
+    app.published_post(&token).await;
+    nats.start_again().await.unwrap();
+    caught_up(&app.pool, Duration::from_secs(120)).await;
+    assert!(
+        stranded < appended,
+        "NATS was stopped after the backlog was applied"
+    );
+    projectors.stop().await;
+    assert_live_equals_rebuilt(&app).await;
+    app.stop().await;
 }
