@@ -94,12 +94,28 @@ impl MinPosition {
     }
 }
 
-/// A read-only transaction over one snapshot, so that a response assembled from several
-/// queries never mixes two states of the read models.
-pub async fn snapshot(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+/// A read-only transaction over one snapshot of `tables`, so that a response assembled
+/// from several queries never mixes two states of the read models. The tables are locked
+/// (shared) before the snapshot is taken: a rebuild that is swapping a model in holds
+/// them exclusively, so the snapshot comes after its swap (the new model, complete), never
+/// before it with the reads after it (the new model without the swap's last events).
+pub async fn snapshot(
+    pool: &PgPool,
+    tables: &[String],
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
     let mut transaction = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *transaction)
         .await?;
+    // LOCK takes no snapshot; the first SELECT after it does. Tables are locked in byte
+    // order, as the rebuild's swap does, so the two never deadlock.
+    let mut tables = tables.to_vec();
+    tables.sort();
+    sqlx::query(&format!(
+        "LOCK TABLE {} IN ACCESS SHARE MODE",
+        tables.join(", ")
+    ))
+    .execute(&mut *transaction)
+    .await?;
     Ok(transaction)
 }

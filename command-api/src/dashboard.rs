@@ -171,7 +171,8 @@ struct Dashboard {
 /// when the model has no such user.
 async fn read(state: &AppState, user: UserId) -> Result<(Position, Dashboard), ApiError> {
     let schema = Projection::Dashboard.schema();
-    let mut snapshot = consistency::snapshot(&state.pool)
+    let tables = ["checkpoint", "users", "posts", "comments"].map(|t| format!("{schema}.{t}"));
+    let mut snapshot = consistency::snapshot(&state.pool, &tables)
         .await
         .map_err(ApiError::internal)?;
     let checkpoint = read_model::checkpoint(&mut *snapshot, Projection::Dashboard)

@@ -262,7 +262,12 @@ async fn get_post(
     let id: PostId = parse_id(&id, "post")?;
     min_position.wait(&state.pool, &MODELS).await?;
     let (posts, authors) = (Projection::Posts.schema(), Projection::Authors.schema());
-    let mut snapshot = consistency::snapshot(&state.pool)
+    let tables = [
+        format!("{posts}.posts"),
+        format!("{posts}.comments"),
+        format!("{authors}.authors"),
+    ];
+    let mut snapshot = consistency::snapshot(&state.pool, &tables)
         .await
         .map_err(ApiError::internal)?;
     let row: Option<PostRow> = sqlx::query_as(&format!(

@@ -57,6 +57,7 @@ BEGIN
                 post_id   uuid PRIMARY KEY,
                 author_id uuid NOT NULL
             );
+            CREATE INDEX ON %1$I.published (author_id);
         $f$, target);
     WHEN 'posts' THEN
         EXECUTE format($f$

@@ -125,7 +125,7 @@ fn exact_position(schema: &str) -> String {
              (SELECT e.position - 1 FROM events e
                   LEFT JOIN {schema}.applied a ON a.stream_id = e.stream_id
               WHERE e.position > (SELECT position FROM {schema}.checkpoint)
-                AND left(e.stream_id, 5) = ANY($1) AND coalesce(a.version, 0) < e.version
+                AND split_part(e.stream_id, '-', 1) || '-' = ANY($1) AND coalesce(a.version, 0) < e.version
               ORDER BY e.position LIMIT 1),
              (SELECT max(position) FROM events),
              0)"

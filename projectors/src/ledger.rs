@@ -2,8 +2,10 @@
 //! stream, in the same transaction as the effects. An arriving event is then exactly one
 //! of: a duplicate (its version is already applied: acknowledged, no effect), the next one
 //! (applied), or early (an earlier event of its stream has not been applied yet, e.g. it
-//! failed and awaits redelivery: refused for now, so it is never applied out of order and
-//! never mistaken for a duplicate later).
+//! failed or a crash left it to a later redelivery). An early event's predecessors are
+//! taken from the log and applied before it, so nothing is applied out of order, nothing
+//! waits on JetStream's redelivery order, and the predecessors' own deliveries are then
+//! duplicates.
 
 use std::collections::HashMap;
 
@@ -11,8 +13,9 @@ use sqlx::PgConnection;
 
 use crate::models;
 use events::domain::{DecodeError, Event};
-use events::event_log::RecordedEvent;
+use events::event_log::{self, RecordedEvent};
 use events::ids::UserId;
+use events::ids::Version;
 use events::read_model::Projection;
 
 /// What became of one event.
@@ -59,11 +62,14 @@ impl ApplyError {
 pub fn is_unavailable(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // connection, operator intervention (shutdown), resources, transaction
-            // rollback (serialization, deadlock), lock not available, query canceled
-            ["08", "57", "53", "40"].iter().any(|c| code.starts_with(c))
+            // connection, operator intervention (shutdown, statement timeout), resources,
+            // system (I/O), transaction rollback (serialization, deadlock), lock not
+            // available, read-only transaction (a failover in progress)
+            ["08", "57", "53", "58", "40"]
+                .iter()
+                .any(|c| code.starts_with(c))
                 || code == "55P03"
-                || code == "57014"
+                || code == "25006"
         }),
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
@@ -105,17 +111,47 @@ pub async fn apply(
     let mut applied = applied_versions(conn, schema, events)
         .await
         .map_err(ApplyError::Bookkeeping)?;
+    // An event whose predecessors have not been applied (they failed, or a crash left
+    // them unacknowledged and JetStream redelivers them later) gets them from the log
+    // first: events reach the bus only after they commit, so the log has them.
+    let mut predecessors: HashMap<usize, Vec<RecordedEvent>> = HashMap::new();
+    let mut seen = applied.clone();
+    for (index, recorded) in events.iter().enumerate() {
+        let stream = recorded.stream_id.to_string();
+        let current = seen.get(&stream).copied().unwrap_or(0);
+        if !projection.reads(&stream) || recorded.version.0 <= current {
+            continue;
+        }
+        if recorded.version.0 > current + 1 {
+            let gap = recorded.version.0 - current - 1;
+            let missing =
+                event_log::read_stream(&mut *conn, &recorded.stream_id, Version(current), gap)
+                    .await
+                    .map_err(ApplyError::Bookkeeping)?;
+            if missing.len() as i64 != gap {
+                continue;
+            }
+            predecessors.insert(index, missing);
+        }
+        seen.insert(stream, recorded.version.0);
+    }
     let mut touched: HashMap<String, i64> = HashMap::new();
     let mut outcomes = Vec::with_capacity(events.len());
     let mut batch = Vec::with_capacity(events.len());
-    for recorded in events {
+    for (index, recorded) in events.iter().enumerate() {
         let stream = recorded.stream_id.to_string();
         let current = applied.get(&stream).copied().unwrap_or(0);
+        let filled = predecessors
+            .get(&index)
+            .map_or(0, |missing| missing.len() as i64);
         let outcome = if !projection.reads(&stream) || recorded.version.0 <= current {
             Outcome::Duplicate
-        } else if recorded.version.0 > current + 1 {
+        } else if recorded.version.0 > current + 1 + filled {
             Outcome::Early
         } else {
+            for missing in predecessors.get(&index).into_iter().flatten() {
+                batch.push((missing, decode(missing)?));
+            }
             batch.push((*recorded, decode(recorded)?));
             applied.insert(stream.clone(), recorded.version.0);
             touched.insert(stream, recorded.version.0);
@@ -139,25 +175,34 @@ pub async fn apply(
     Ok(outcomes)
 }
 
+/// Whether `recorded` is the next event of its stream for the model in `schema`.
+pub async fn is_next(
+    conn: &mut PgConnection,
+    schema: &str,
+    recorded: &RecordedEvent,
+) -> Result<bool, sqlx::Error> {
+    let current: i64 = sqlx::query_scalar(&format!(
+        "SELECT coalesce(max(version), 0) FROM {schema}.applied WHERE stream_id = $1"
+    ))
+    .bind(recorded.stream_id.to_string())
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(recorded.version.0 == current + 1)
+}
+
 /// Gives up on an event that keeps failing: records it as a dead letter and counts its
-/// version as applied, so its stream moves on. Returns false if it was not the next
-/// event of its stream (then nothing is recorded).
+/// version as applied, so its stream moves on. Returns false (and records nothing) if it
+/// is not the next event of its stream.
 pub async fn dead_letter(
     conn: &mut PgConnection,
     schema: &str,
     recorded: &RecordedEvent,
     reason: &str,
 ) -> Result<bool, sqlx::Error> {
-    let stream = recorded.stream_id.to_string();
-    let current: i64 = sqlx::query_scalar(&format!(
-        "SELECT coalesce(max(version), 0) FROM {schema}.applied WHERE stream_id = $1"
-    ))
-    .bind(&stream)
-    .fetch_one(&mut *conn)
-    .await?;
-    if recorded.version.0 != current + 1 {
+    if !is_next(&mut *conn, schema, recorded).await? {
         return Ok(false);
     }
+    let stream = recorded.stream_id.to_string();
     sqlx::query(&format!(
         "INSERT INTO {schema}.dead_letters
              (event_id, position, stream_id, version, event_type, reason)

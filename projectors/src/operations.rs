@@ -138,6 +138,7 @@ pub async fn replay_dead_letters(
                 cache.invalidate(&mut stale).await;
                 tracing::info!(projection = %projection, event_id = %letter.event_id, "dead letter applied");
             }
+            Err(RedriveError::Gone) => {}
             Err(error) => {
                 replayed.still_failing += 1;
                 tracing::warn!(
@@ -158,6 +159,8 @@ enum RedriveError {
     Database(#[from] sqlx::Error),
     #[error("the event is no longer in the log")]
     Missing,
+    #[error("the dead letter was already replayed (or rebuilt away)")]
+    Gone,
     #[error(transparent)]
     Apply(#[from] ApplyError),
 }
@@ -170,6 +173,18 @@ async fn redrive(
     let schema = projection.schema();
     let mut tx = pool.begin().await?;
     ledger::lock(&mut tx, projection).await?;
+    // Taken first, under the lock: a concurrent replay or a rebuild that already
+    // removed this letter makes this one a no-op, never a second application.
+    let claimed = sqlx::query(&format!(
+        "DELETE FROM {schema}.dead_letters WHERE event_id = $1"
+    ))
+    .bind(letter.event_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if claimed == 0 {
+        return Err(RedriveError::Gone);
+    }
     let event: RecordedEvent =
         event_log::read_all(&mut *tx, events::ids::Position(letter.position - 1), 1)
             .await?
@@ -185,12 +200,6 @@ async fn redrive(
             last: event.position.0,
             source,
         })?;
-    sqlx::query(&format!(
-        "DELETE FROM {schema}.dead_letters WHERE event_id = $1"
-    ))
-    .bind(letter.event_id)
-    .execute(&mut *tx)
-    .await?;
     tx.commit().await?;
     Ok(stale)
 }

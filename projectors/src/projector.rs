@@ -299,21 +299,30 @@ impl Projector {
         Ok(())
     }
 
-    /// Dead-letters an event that kept failing: to the dead-letter stream first (so a
-    /// crash in between leaves it there, deduplicated on the next attempt), then to the
-    /// model's `dead_letters`, which also lets its stream move on; then acks it.
+    /// Dead-letters an event that kept failing, under the projection's lock: to the
+    /// dead-letter stream (a repeat after a crash is deduplicated there), then to the
+    /// model's `dead_letters`, which also lets its stream move on; then acks it. Only the
+    /// next event of its stream is given up on; one whose predecessor is what fails waits
+    /// for that predecessor's own turn.
     async fn bury(
         &self,
         message: &jetstream::Message,
         event: &RecordedEvent,
         reason: &str,
     ) -> Result<(), ProjectorError> {
-        self.to_dead_letter_stream(message, Some(event), reason)
-            .await?;
         let mut tx = self.pool.begin().await.map_err(ProjectorError::Database)?;
         ledger::lock(&mut tx, self.projection)
             .await
             .map_err(ProjectorError::Database)?;
+        if !ledger::is_next(&mut tx, self.schema(), event)
+            .await
+            .map_err(ProjectorError::Database)?
+        {
+            settle(message, Outcome::Early).await;
+            return Ok(());
+        }
+        self.to_dead_letter_stream(message, Some(event), reason)
+            .await?;
         ledger::dead_letter(&mut tx, self.schema(), event, reason)
             .await
             .map_err(ProjectorError::Database)?;

@@ -21,8 +21,9 @@ use events::event_log::{self, RecordedEvent};
 use events::ids::Position;
 use events::read_model::{self, Projection};
 
-/// Events read from the log per transaction.
-pub const PAGE: i64 = 50_000;
+/// Events read from the log per transaction (bounds the memory a rebuild holds: events
+/// are at most a few KiB each).
+pub const PAGE: i64 = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
@@ -100,6 +101,23 @@ async fn replay_and_swap(
     ledger::lock(&mut tx, projection).await?;
     while replay_page(&mut tx, projection, next, &mut totals).await? == PAGE {}
     totals.position = read_model::advance_checkpoint(&mut *tx, projection, next).await?;
+    // Readers lock the tables they read before their snapshot, in byte order; locking them
+    // here in the same order makes them wait for the swap instead of deadlocking with it.
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_schema || '.' || table_name FROM information_schema.tables
+         WHERE table_schema = $1 ORDER BY table_name COLLATE \"C\"",
+    )
+    .bind(live)
+    .fetch_all(&mut *tx)
+    .await?;
+    if !tables.is_empty() {
+        sqlx::query(&format!(
+            "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+            tables.join(", ")
+        ))
+        .execute(&mut *tx)
+        .await?;
+    }
     sqlx::query(&format!("DROP SCHEMA {live} CASCADE"))
         .execute(&mut *tx)
         .await?;

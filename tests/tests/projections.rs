@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use keel_tests::TestApp;
-use keel_tests::projections::{Running, assert_live_equals_rebuilt, caught_up};
+use keel_tests::projections::{
+    Running, assert_live_equals_rebuilt, assert_model_equals_rebuilt, caught_up,
+};
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -405,5 +407,86 @@ async fn status_prints_one_line_per_projection() {
     let parsed: Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(parsed[0]["name"], "users");
     assert_eq!(parsed[0]["lag"], 0);
+    app.stop().await;
+}
+
+/// The log's events, in position order.
+async fn logged(app: &TestApp) -> Vec<events::event_log::RecordedEvent> {
+    events::event_log::read_all(&app.pool, events::ids::Position(0), 1000)
+        .await
+        .unwrap()
+}
+
+/// Applies `batch` to the live `projection` in one transaction, as the projector does.
+async fn apply_directly(
+    app: &TestApp,
+    projection: events::read_model::Projection,
+    batch: &[&events::event_log::RecordedEvent],
+) -> Vec<projectors::ledger::Outcome> {
+    let mut tx = app.pool.begin().await.unwrap();
+    let mut stale = Vec::new();
+    let outcomes =
+        projectors::ledger::apply(&mut tx, projection, projection.schema(), batch, &mut stale)
+            .await
+            .unwrap();
+    tx.commit().await.unwrap();
+    outcomes
+}
+
+#[tokio::test]
+async fn a_post_published_before_its_authors_registration_is_applied_still_counts() {
+    let app = TestApp::spawn().await.unwrap();
+    let (ada, token) = app.register("Ada").await;
+    app.published_post(&token).await;
+    let log = logged(&app).await;
+    // Streams have no order between them: a crash can leave the registration to a later
+    // redelivery while the post's events arrive first.
+    let (user, post): (Vec<_>, Vec<_>) = log
+        .iter()
+        .partition(|e| e.stream_id.to_string().starts_with("user-"));
+    let authors = events::read_model::Projection::Authors;
+    apply_directly(&app, authors, &post).await;
+    apply_directly(&app, authors, &user).await;
+    let count: i32 = sqlx::query_scalar("SELECT post_count FROM rm_authors.authors WHERE id = $1")
+        .bind(ada)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 1);
+    assert_model_equals_rebuilt(&app, authors).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_whose_predecessors_were_not_applied_takes_them_from_the_log() {
+    use projectors::ledger::Outcome;
+    let app = TestApp::spawn().await.unwrap();
+    let (_, token) = app.register("Ada").await;
+    let post = app.published_post(&token).await;
+    let log = logged(&app).await;
+    let published = log
+        .iter()
+        .find(|e| e.event_type == "post.published")
+        .unwrap();
+    let created = log.iter().find(|e| e.event_type == "post.created").unwrap();
+    let posts = events::read_model::Projection::Posts;
+    // post.created (version 1) never arrived; post.published (version 2) did.
+    assert_eq!(
+        apply_directly(&app, posts, &[published]).await,
+        [Outcome::Applied]
+    );
+    // When version 1 is redelivered later, it is a duplicate.
+    assert_eq!(
+        apply_directly(&app, posts, &[created]).await,
+        [Outcome::Duplicate]
+    );
+    let (status, title): (String, String) =
+        sqlx::query_as("SELECT status, title FROM rm_posts.posts WHERE id = $1")
+            .bind(post)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), title.as_str()), ("published", "Hello"));
+    assert_model_equals_rebuilt(&app, posts).await;
     app.stop().await;
 }

@@ -14,7 +14,6 @@ struct Row {
     id: Uuid,
     name: String,
     active: bool,
-    post_count: i32,
     version: i64,
 }
 
@@ -43,7 +42,7 @@ pub async fn apply(
         return Ok(());
     }
     let mut rows: HashMap<Uuid, Row> = sqlx::query_as::<_, Row>(&format!(
-        "SELECT id, name, active, post_count, version FROM {schema}.authors WHERE id = ANY($1)"
+        "SELECT id, name, active, version FROM {schema}.authors WHERE id = ANY($1)"
     ))
     .bind(&authors)
     .fetch_all(&mut *conn)
@@ -51,22 +50,11 @@ pub async fn apply(
     .into_iter()
     .map(|row| (row.id, row))
     .collect();
-    // Which of the batch's posts count (published, not deleted), and for whom.
-    let mut published: HashMap<Uuid, Option<Uuid>> = posts.iter().map(|p| (*p, None)).collect();
-    let counted: Vec<(Uuid, Uuid)> = sqlx::query_as(&format!(
-        "SELECT post_id, author_id FROM {schema}.published WHERE post_id = ANY($1)"
-    ))
-    .bind(&posts)
-    .fetch_all(&mut *conn)
-    .await?;
-    published.extend(
-        counted
-            .into_iter()
-            .map(|(post, author)| (post, Some(author))),
-    );
+    // Which of the batch's posts count now (published, not deleted), and for whom.
+    let mut published: HashMap<Uuid, Option<Uuid>> = HashMap::new();
     for (recorded, event) in batch {
         let version = recorded.version.0;
-        let (author, change) = match event {
+        match event {
             Event::User(UserEvent::Registered(e)) => {
                 rows.insert(
                     e.id.0,
@@ -74,55 +62,65 @@ pub async fn apply(
                         id: e.id.0,
                         name: e.name.clone(),
                         active: true,
-                        post_count: 0,
                         version,
                     },
                 );
-                continue;
             }
-            Event::User(e) => (super::users::id(e), 0),
-            Event::Post(PostEvent::Published(e)) => {
-                match published.insert(e.id.0, Some(e.author_id.0)) {
-                    Some(Some(_)) => continue,
-                    _ => (e.author_id.0, 1),
+            Event::User(e) => {
+                if let Some(row) = rows.get_mut(&super::users::id(e)) {
+                    row.version = version;
+                    match e {
+                        UserEvent::Updated(e) => row.name.clone_from(&e.name),
+                        UserEvent::Deactivated(_) => row.active = false,
+                        UserEvent::Registered(_) | UserEvent::RoleChanged(_) => {}
+                    }
                 }
             }
-            Event::Post(PostEvent::Deleted(e)) => match published.insert(e.id.0, None) {
-                Some(Some(author)) => (author, -1),
-                _ => continue,
-            },
-            Event::Post(_) => continue,
-        };
-        let Some(row) = rows.get_mut(&author) else {
-            continue;
-        };
-        row.post_count += change;
-        match event {
-            Event::User(UserEvent::Updated(e)) => row.name.clone_from(&e.name),
-            Event::User(UserEvent::Deactivated(_)) => row.active = false,
-            _ => {}
-        }
-        if let Event::User(_) = event {
-            row.version = version;
+            Event::Post(PostEvent::Published(e)) => {
+                published.insert(e.id.0, Some(e.author_id.0));
+            }
+            Event::Post(PostEvent::Deleted(e)) => {
+                published.insert(e.id.0, None);
+            }
+            Event::Post(_) => {}
         }
     }
     let rows: Vec<Row> = rows.into_values().collect();
     sqlx::query(&format!(
-        "INSERT INTO {schema}.authors (id, name, active, post_count, version)
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::int[], $5::bigint[])
+        "INSERT INTO {schema}.authors (id, name, active, version)
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::bigint[])
          ON CONFLICT (id) DO UPDATE SET name = excluded.name, active = excluded.active,
-             post_count = excluded.post_count, version = excluded.version"
+             version = excluded.version"
     ))
     .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.active).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.post_count).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
     .execute(&mut *conn)
     .await?;
-    if posts.is_empty() {
-        return Ok(());
+    if !posts.is_empty() {
+        record_published(&mut *conn, schema, &published).await?;
     }
+    // Counted from `published`, not incremented: a post can be published before its
+    // author's registration is applied (different streams, no order between them), and
+    // the count must come out the same either way.
+    sqlx::query(&format!(
+        "UPDATE {schema}.authors a
+         SET post_count = (SELECT count(*) FROM {schema}.published p WHERE p.author_id = a.id)
+         WHERE a.id = ANY($1)"
+    ))
+    .bind(&authors)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// Writes which of the batch's posts count now.
+async fn record_published(
+    conn: &mut PgConnection,
+    schema: &str,
+    published: &HashMap<Uuid, Option<Uuid>>,
+) -> Result<(), sqlx::Error> {
     let removed: Vec<Uuid> = published
         .iter()
         .filter_map(|(post, author)| author.is_none().then_some(*post))
