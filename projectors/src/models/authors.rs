@@ -92,10 +92,10 @@ pub async fn apply(
          ON CONFLICT (id) DO UPDATE SET name = excluded.name, active = excluded.active,
              version = excluded.version"
     ))
-    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.active).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+    .bind(super::column(&rows, |r| r.id))
+    .bind(super::column(&rows, |r| r.name.as_str()))
+    .bind(super::column(&rows, |r| r.active))
+    .bind(super::column(&rows, |r| r.version))
     .execute(&mut *conn)
     .await?;
     if !posts.is_empty() {

@@ -57,13 +57,13 @@ pub async fn apply(
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
                  $6::timestamptz[], $7::bigint[])"
         ))
-        .bind(comments.iter().map(|c| c.id).collect::<Vec<_>>())
-        .bind(comments.iter().map(|c| c.recipient).collect::<Vec<_>>())
-        .bind(comments.iter().map(|c| c.post_id).collect::<Vec<_>>())
-        .bind(comments.iter().map(|c| c.author_id).collect::<Vec<_>>())
-        .bind(comments.iter().map(|c| c.body.as_str()).collect::<Vec<_>>())
-        .bind(comments.iter().map(|c| c.created_at).collect::<Vec<_>>())
-        .bind(comments.iter().map(|c| c.position).collect::<Vec<_>>())
+        .bind(super::column(&comments, |c| c.id))
+        .bind(super::column(&comments, |c| c.recipient))
+        .bind(super::column(&comments, |c| c.post_id))
+        .bind(super::column(&comments, |c| c.author_id))
+        .bind(super::column(&comments, |c| c.body.as_str()))
+        .bind(super::column(&comments, |c| c.created_at))
+        .bind(super::column(&comments, |c| c.position))
         .execute(&mut *conn)
         .await?;
     }
@@ -167,12 +167,12 @@ async fn apply_posts(
          ON CONFLICT (id) DO UPDATE SET title = excluded.title, status = excluded.status,
              like_count = excluded.like_count"
     ))
-    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.author_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.title.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.like_count).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.position).collect::<Vec<_>>())
+    .bind(super::column(&rows, |r| r.id))
+    .bind(super::column(&rows, |r| r.author_id))
+    .bind(super::column(&rows, |r| r.title.as_str()))
+    .bind(super::column(&rows, |r| r.status.as_str()))
+    .bind(super::column(&rows, |r| r.like_count))
+    .bind(super::column(&rows, |r| r.position))
     .execute(conn)
     .await?;
     Ok(comments)

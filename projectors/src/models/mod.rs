@@ -40,6 +40,11 @@ pub async fn apply(
     }
 }
 
+/// One column of `rows`, for binding as an array (the rows go back with `unnest`).
+fn column<'a, R, T>(rows: &'a [R], value: impl Fn(&'a R) -> T) -> Vec<T> {
+    rows.iter().map(value).collect()
+}
+
 fn user_events<'a>(batch: &'a [Applied<'_>]) -> Vec<(&'a RecordedEvent, &'a UserEvent)> {
     batch
         .iter()

@@ -117,16 +117,16 @@ pub async fn apply(
              comment_count = excluded.comment_count, like_count = excluded.like_count,
              version = excluded.version"
     ))
-    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.author_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.title.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.body.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.published_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.comment_count).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.like_count).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+    .bind(super::column(&rows, |r| r.id))
+    .bind(super::column(&rows, |r| r.author_id))
+    .bind(super::column(&rows, |r| r.title.as_str()))
+    .bind(super::column(&rows, |r| r.body.as_str()))
+    .bind(super::column(&rows, |r| r.status.as_str()))
+    .bind(super::column(&rows, |r| r.created_at))
+    .bind(super::column(&rows, |r| r.published_at))
+    .bind(super::column(&rows, |r| r.comment_count))
+    .bind(super::column(&rows, |r| r.like_count))
+    .bind(super::column(&rows, |r| r.version))
     .execute(&mut *conn)
     .await?;
     if comments.is_empty() {
@@ -137,12 +137,12 @@ pub async fn apply(
          SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[],
              $5::timestamptz[], $6::bigint[])"
     ))
-    .bind(comments.iter().map(|c| c.id).collect::<Vec<_>>())
-    .bind(comments.iter().map(|c| c.post_id).collect::<Vec<_>>())
-    .bind(comments.iter().map(|c| c.author_id).collect::<Vec<_>>())
-    .bind(comments.iter().map(|c| c.body.as_str()).collect::<Vec<_>>())
-    .bind(comments.iter().map(|c| c.created_at).collect::<Vec<_>>())
-    .bind(comments.iter().map(|c| c.position).collect::<Vec<_>>())
+    .bind(super::column(&comments, |c| c.id))
+    .bind(super::column(&comments, |c| c.post_id))
+    .bind(super::column(&comments, |c| c.author_id))
+    .bind(super::column(&comments, |c| c.body.as_str()))
+    .bind(super::column(&comments, |c| c.created_at))
+    .bind(super::column(&comments, |c| c.position))
     .execute(conn)
     .await
     .map(drop)

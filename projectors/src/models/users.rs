@@ -77,12 +77,12 @@ pub async fn apply(
          ON CONFLICT (id) DO UPDATE SET email = excluded.email, name = excluded.name,
              roles = excluded.roles, active = excluded.active, version = excluded.version"
     ))
-    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.email.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.roles.join(",")).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.active).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+    .bind(super::column(&rows, |r| r.id))
+    .bind(super::column(&rows, |r| r.email.as_str()))
+    .bind(super::column(&rows, |r| r.name.as_str()))
+    .bind(super::column(&rows, |r| r.roles.join(",")))
+    .bind(super::column(&rows, |r| r.active))
+    .bind(super::column(&rows, |r| r.version))
     .execute(conn)
     .await
     .map(drop)
