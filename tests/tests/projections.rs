@@ -490,3 +490,68 @@ async fn an_event_whose_predecessors_were_not_applied_takes_them_from_the_log() 
     assert_model_equals_rebuilt(&app, posts).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn two_replays_at_once_apply_a_dead_letter_once() {
+    let app = TestApp::spawn().await.unwrap();
+    // Every like on a post is refused until the trigger goes: the like is dead-lettered.
+    sqlx::query(
+        "CREATE FUNCTION keel_test_refuse_likes() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.like_count > OLD.like_count THEN
+                 RAISE EXCEPTION 'likes refused by the test';
+             END IF;
+             RETURN NEW;
+         END $$",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_likes BEFORE UPDATE ON rm_posts.posts
+         FOR EACH ROW EXECUTE FUNCTION keel_test_refuse_likes()",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let projectors = Running::start(&app).await;
+    let (_, ada) = app.register("Ada").await;
+    let (_, bob) = app.register("Bob").await;
+    let post = app.published_post(&ada).await;
+    let liked = app
+        .request(Method::PUT, &format!("/api/posts/{post}/like"), &bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(liked.status(), 200);
+    caught_up(&app.pool, Duration::from_secs(60)).await;
+    projectors.stop().await;
+    let posts = events::read_model::Projection::Posts;
+    let letters = projectors::operations::dead_letters(&app.pool, &[posts])
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+
+    sqlx::query("DROP TRIGGER refuse_likes ON rm_posts.posts")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let (_, cache) = projectors::open(&keel_tests::projections::config(&app))
+        .await
+        .unwrap();
+    let only_posts = [posts];
+    let (first, second) = tokio::join!(
+        projectors::operations::replay_dead_letters(&app.pool, &only_posts, &cache),
+        projectors::operations::replay_dead_letters(&app.pool, &only_posts, &cache),
+    );
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(first.applied + second.applied, 1, "{first:?} {second:?}");
+    assert_eq!(first.still_failing + second.still_failing, 0);
+    let likes: i32 = sqlx::query_scalar("SELECT like_count FROM rm_posts.posts WHERE id = $1")
+        .bind(post)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(likes, 1);
+    app.stop().await;
+}
