@@ -6,6 +6,19 @@
 -- together and readers never see a half-built model.
 CREATE FUNCTION keel_create_read_model(projection text, target text) RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    -- A user's profile, roles, standing and stream version: the `users` model, and the
+    -- dashboard's own copy of it.
+    users_table text := $f$
+        CREATE TABLE %1$I.users (
+            id      uuid    PRIMARY KEY,
+            email   text    NOT NULL,
+            name    text    NOT NULL,
+            roles   text[]  NOT NULL,
+            active  boolean NOT NULL,
+            version bigint  NOT NULL
+        );
+    $f$;
 BEGIN
     EXECUTE format('CREATE SCHEMA %I', target);
     EXECUTE format($f$
@@ -33,16 +46,7 @@ BEGIN
     $f$, target);
     CASE projection
     WHEN 'users' THEN
-        EXECUTE format($f$
-            CREATE TABLE %1$I.users (
-                id      uuid    PRIMARY KEY,
-                email   text    NOT NULL,
-                name    text    NOT NULL,
-                roles   text[]  NOT NULL,
-                active  boolean NOT NULL,
-                version bigint  NOT NULL
-            );
-        $f$, target);
+        EXECUTE format(users_table, target);
     WHEN 'authors' THEN
         EXECUTE format($f$
             CREATE TABLE %1$I.authors (
@@ -86,15 +90,8 @@ BEGIN
             CREATE INDEX ON %1$I.comments (post_id, position);
         $f$, target);
     WHEN 'dashboard' THEN
+        EXECUTE format(users_table, target);
         EXECUTE format($f$
-            CREATE TABLE %1$I.users (
-                id      uuid    PRIMARY KEY,
-                email   text    NOT NULL,
-                name    text    NOT NULL,
-                roles   text[]  NOT NULL,
-                active  boolean NOT NULL,
-                version bigint  NOT NULL
-            );
             CREATE TABLE %1$I.posts (
                 id         uuid    PRIMARY KEY,
                 author_id  uuid    NOT NULL,

@@ -328,21 +328,8 @@ fn script() -> impl Strategy<Value = Vec<(usize, Command)>> {
 /// The stream an event belongs in, named by the ids inside it.
 fn stream_named_by(event: &Event) -> StreamId {
     match event {
-        Event::User(e) => StreamId::user(match e {
-            UserEvent::Registered(e) => e.id,
-            UserEvent::Updated(e) => e.id,
-            UserEvent::RoleChanged(e) => e.id,
-            UserEvent::Deactivated(e) => e.id,
-        }),
-        Event::Post(e) => StreamId::post(match e {
-            PostEvent::Created(e) => e.id,
-            PostEvent::Updated(e) => e.id,
-            PostEvent::Published(e) => e.id,
-            PostEvent::Deleted(e) => e.id,
-            PostEvent::CommentAdded(e) => e.post_id,
-            PostEvent::Liked(e) => e.post_id,
-            PostEvent::Unliked(e) => e.post_id,
-        }),
+        Event::User(e) => StreamId::user(e.user_id()),
+        Event::Post(e) => StreamId::post(e.post_id()),
     }
 }
 

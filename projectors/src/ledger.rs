@@ -111,53 +111,46 @@ pub async fn apply(
     let mut applied = applied_versions(conn, schema, events)
         .await
         .map_err(ApplyError::Bookkeeping)?;
-    // An event whose predecessors have not been applied (they failed, or a crash left
-    // them unacknowledged and JetStream redelivers them later) gets them from the log
-    // first: events reach the bus only after they commit, so the log has them.
-    let mut predecessors: HashMap<usize, Vec<RecordedEvent>> = HashMap::new();
-    let mut seen = applied.clone();
-    for (index, recorded) in events.iter().enumerate() {
-        let stream = recorded.stream_id.to_string();
-        let current = seen.get(&stream).copied().unwrap_or(0);
-        if !projection.reads(&stream) || recorded.version.0 <= current {
-            continue;
-        }
-        if recorded.version.0 > current + 1 {
-            let gap = recorded.version.0 - current - 1;
-            let missing =
-                event_log::read_stream(&mut *conn, &recorded.stream_id, Version(current), gap)
-                    .await
-                    .map_err(ApplyError::Bookkeeping)?;
-            if missing.len() as i64 != gap {
-                continue;
-            }
-            predecessors.insert(index, missing);
-        }
-        seen.insert(stream, recorded.version.0);
-    }
+    // Classify each event; an early one whose predecessors have not been applied (they
+    // failed, or a crash left them to a later redelivery) gets them from the log first:
+    // events reach the bus only after they commit, so the log has them.
     let mut touched: HashMap<String, i64> = HashMap::new();
     let mut outcomes = Vec::with_capacity(events.len());
-    let mut batch = Vec::with_capacity(events.len());
-    for (index, recorded) in events.iter().enumerate() {
+    let mut predecessors: Vec<Vec<RecordedEvent>> = Vec::with_capacity(events.len());
+    for recorded in events {
         let stream = recorded.stream_id.to_string();
         let current = applied.get(&stream).copied().unwrap_or(0);
-        let filled = predecessors
-            .get(&index)
-            .map_or(0, |missing| missing.len() as i64);
+        let mut missing = Vec::new();
         let outcome = if !projection.reads(&stream) || recorded.version.0 <= current {
             Outcome::Duplicate
-        } else if recorded.version.0 > current + 1 + filled {
-            Outcome::Early
         } else {
-            for missing in predecessors.get(&index).into_iter().flatten() {
-                batch.push((missing, decode(missing)?));
+            let gap = recorded.version.0 - current - 1;
+            if gap > 0 {
+                missing =
+                    event_log::read_stream(&mut *conn, &recorded.stream_id, Version(current), gap)
+                        .await
+                        .map_err(ApplyError::Bookkeeping)?;
             }
-            batch.push((*recorded, decode(recorded)?));
-            applied.insert(stream.clone(), recorded.version.0);
-            touched.insert(stream, recorded.version.0);
-            Outcome::Applied
+            if missing.len() as i64 == gap {
+                applied.insert(stream.clone(), recorded.version.0);
+                touched.insert(stream, recorded.version.0);
+                Outcome::Applied
+            } else {
+                missing.clear();
+                Outcome::Early
+            }
         };
         outcomes.push(outcome);
+        predecessors.push(missing);
+    }
+    let mut batch = Vec::with_capacity(events.len());
+    for ((recorded, outcome), missing) in events.iter().zip(&outcomes).zip(&predecessors) {
+        if *outcome == Outcome::Applied {
+            for predecessor in missing {
+                batch.push((predecessor, decode(predecessor)?));
+            }
+            batch.push((*recorded, decode(recorded)?));
+        }
     }
     if let (Some((first, _)), Some((last, _))) = (batch.first(), batch.last()) {
         let (first, last) = (first.position.0, last.position.0);

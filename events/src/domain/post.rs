@@ -104,6 +104,19 @@ impl PostEvent {
             PostEvent::Unliked(_) => "post.unliked",
         }
     }
+
+    /// The post the event is about.
+    pub fn post_id(&self) -> PostId {
+        match self {
+            PostEvent::Created(e) => e.id,
+            PostEvent::Updated(e) => e.id,
+            PostEvent::Published(e) => e.id,
+            PostEvent::Deleted(e) => e.id,
+            PostEvent::CommentAdded(e) => e.post_id,
+            PostEvent::Liked(e) => e.post_id,
+            PostEvent::Unliked(e) => e.post_id,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -60,6 +60,16 @@ impl UserEvent {
             UserEvent::Deactivated(_) => "user.deactivated",
         }
     }
+
+    /// The user the event is about.
+    pub fn user_id(&self) -> UserId {
+        match self {
+            UserEvent::Registered(e) => e.id,
+            UserEvent::Updated(e) => e.id,
+            UserEvent::RoleChanged(e) => e.id,
+            UserEvent::Deactivated(e) => e.id,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -26,7 +26,7 @@ pub async fn apply(
     let mut posts = Vec::new();
     for (_, event) in batch {
         match event {
-            Event::User(e) => authors.push(super::users::id(e)),
+            Event::User(e) => authors.push(e.user_id().0),
             Event::Post(PostEvent::Published(e)) => {
                 authors.push(e.author_id.0);
                 posts.push(e.id.0);
@@ -67,7 +67,7 @@ pub async fn apply(
                 );
             }
             Event::User(e) => {
-                if let Some(row) = rows.get_mut(&super::users::id(e)) {
+                if let Some(row) = rows.get_mut(&e.user_id().0) {
                     row.version = version;
                     match e {
                         UserEvent::Updated(e) => row.name.clone_from(&e.name),

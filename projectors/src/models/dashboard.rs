@@ -41,7 +41,7 @@ pub async fn apply(
 ) -> Result<(), sqlx::Error> {
     let users = super::user_events(batch);
     super::users::apply(&mut *conn, &format!("{schema}.users"), &users).await?;
-    stale.extend(users.iter().map(|(_, e)| UserId(super::users::id(e))));
+    stale.extend(users.iter().map(|(_, e)| e.user_id()));
     let renamed: Vec<Uuid> = users
         .iter()
         .filter_map(|(_, e)| match e {
@@ -90,10 +90,7 @@ async fn apply_posts(
     if events.is_empty() {
         return Ok(vec![]);
     }
-    let ids: Vec<Uuid> = events
-        .iter()
-        .map(|(_, e)| super::posts::post_id(e))
-        .collect();
+    let ids: Vec<Uuid> = events.iter().map(|(_, e)| e.post_id().0).collect();
     let mut rows: HashMap<Uuid, Row> = sqlx::query_as::<_, Row>(&format!(
         "SELECT id, author_id, title, status, like_count, position
          FROM {schema}.posts WHERE id = ANY($1)"

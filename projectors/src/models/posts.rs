@@ -42,7 +42,7 @@ pub async fn apply(
     if events.is_empty() {
         return Ok(());
     }
-    let ids: Vec<Uuid> = events.iter().map(|(_, e)| post_id(e)).collect();
+    let ids: Vec<Uuid> = events.iter().map(|(_, e)| e.post_id().0).collect();
     let mut rows: HashMap<Uuid, Row> = sqlx::query_as::<_, Row>(&format!(
         "SELECT id, author_id, title, body, status, created_at, published_at, comment_count,
                 like_count, version
@@ -86,7 +86,7 @@ pub async fn apply(
             }),
             _ => {}
         }
-        let Some(row) = rows.get_mut(&post_id(event)) else {
+        let Some(row) = rows.get_mut(&event.post_id().0) else {
             continue;
         };
         row.version = version;
@@ -146,17 +146,4 @@ pub async fn apply(
     .execute(conn)
     .await
     .map(drop)
-}
-
-/// The post an event is about.
-pub fn post_id(event: &PostEvent) -> Uuid {
-    match event {
-        PostEvent::Created(e) => e.id.0,
-        PostEvent::Updated(e) => e.id.0,
-        PostEvent::Published(e) => e.id.0,
-        PostEvent::Deleted(e) => e.id.0,
-        PostEvent::CommentAdded(e) => e.post_id.0,
-        PostEvent::Liked(e) => e.post_id.0,
-        PostEvent::Unliked(e) => e.post_id.0,
-    }
 }

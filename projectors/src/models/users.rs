@@ -28,7 +28,7 @@ pub async fn apply(
     if events.is_empty() {
         return Ok(());
     }
-    let ids: Vec<Uuid> = events.iter().map(|(_, e)| id(e)).collect();
+    let ids: Vec<Uuid> = events.iter().map(|(_, e)| e.user_id().0).collect();
     let mut rows: HashMap<Uuid, Row> = sqlx::query_as::<_, Row>(&format!(
         "SELECT id, email, name, roles, active, version FROM {table} WHERE id = ANY($1)"
     ))
@@ -54,7 +54,7 @@ pub async fn apply(
             );
             continue;
         }
-        let Some(row) = rows.get_mut(&id(event)) else {
+        let Some(row) = rows.get_mut(&event.user_id().0) else {
             continue;
         };
         row.version = version;
@@ -86,16 +86,6 @@ pub async fn apply(
     .execute(conn)
     .await
     .map(drop)
-}
-
-/// The user an event is about.
-pub fn id(event: &UserEvent) -> Uuid {
-    match event {
-        UserEvent::Registered(e) => e.id.0,
-        UserEvent::Updated(e) => e.id.0,
-        UserEvent::RoleChanged(e) => e.id.0,
-        UserEvent::Deactivated(e) => e.id.0,
-    }
 }
 
 fn names(roles: &[Role]) -> Vec<String> {
