@@ -3,17 +3,16 @@
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 
 use crate::auth::service_key::ServiceCaller;
 use crate::consistency::MinPosition;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::users::UserView;
+use crate::users;
 use crate::validation::parse_id;
 use events::ids::UserId;
-use events::read_model::Projection;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/internal/users/{id}", get(get_user))
@@ -27,10 +26,5 @@ async fn get_user(
     min_position: MinPosition,
 ) -> Result<Response, ApiError> {
     let id: UserId = parse_id(&id, "user")?;
-    min_position.wait(&state.pool, &[Projection::Users]).await?;
-    UserView::find(&state.pool, Projection::Users.schema(), id)
-        .await
-        .map_err(ApiError::internal)?
-        .map(IntoResponse::into_response)
-        .ok_or_else(|| ApiError::NotFound("no such user".to_owned()))
+    users::read_user(&state, id, min_position).await
 }

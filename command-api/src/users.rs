@@ -182,6 +182,16 @@ async fn get_user(
             "you may only read your own profile".to_owned(),
         ));
     }
+    read_user(&state, id, min_position).await
+}
+
+/// The user from the `users` read model, once it has applied `min_position`; 404 when it
+/// has no such user. Served to the user (`/api`) and to services (`/internal`).
+pub async fn read_user(
+    state: &AppState,
+    id: UserId,
+    min_position: MinPosition,
+) -> Result<Response, ApiError> {
     min_position.wait(&state.pool, &[Projection::Users]).await?;
     UserView::find(&state.pool, Projection::Users.schema(), id)
         .await

@@ -498,7 +498,12 @@ async fn two_replays_at_once_apply_a_dead_letter_once() {
     sqlx::query(
         "CREATE FUNCTION keel_test_refuse_likes() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
-             IF NEW.like_count > OLD.like_count THEN
+             -- A batch may insert the post with its like already counted.
+             IF TG_OP = 'INSERT' THEN
+                 IF NEW.like_count > 0 THEN
+                     RAISE EXCEPTION 'likes refused by the test';
+                 END IF;
+             ELSIF NEW.like_count > OLD.like_count THEN
                  RAISE EXCEPTION 'likes refused by the test';
              END IF;
              RETURN NEW;
@@ -508,7 +513,7 @@ async fn two_replays_at_once_apply_a_dead_letter_once() {
     .await
     .unwrap();
     sqlx::query(
-        "CREATE TRIGGER refuse_likes BEFORE UPDATE ON rm_posts.posts
+        "CREATE TRIGGER refuse_likes BEFORE INSERT OR UPDATE ON rm_posts.posts
          FOR EACH ROW EXECUTE FUNCTION keel_test_refuse_likes()",
     )
     .execute(&app.pool)
