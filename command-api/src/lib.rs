@@ -16,6 +16,8 @@
 //! - The endpoints, each with `router()`: [`users`] (the User commands and the user
 //!   read), [`posts`] (the Blog commands), [`authors`], [`post_reads`], [`dashboard`],
 //!   [`internal`] (queries of the read models), [`history`], [`health`], [`metrics`].
+//! - [`notifications`]: the WebSocket hub at `/ws/notifications`; [`page`]: the browser
+//!   page at `/` that shows them.
 //! - [`app`]: merges the routers and layers; [`build`] binds and starts everything.
 
 pub mod auth;
@@ -32,6 +34,8 @@ pub mod health;
 pub mod history;
 pub mod internal;
 pub mod metrics;
+pub mod notifications;
+pub mod page;
 pub mod post_reads;
 pub mod posts;
 pub mod publisher;
@@ -69,6 +73,8 @@ pub fn app(state: AppState) -> Router {
         .merge(history::router())
         .merge(health::router())
         .merge(metrics::router())
+        .merge(notifications::router())
+        .merge(page::router())
         .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         .layer(axum::middleware::from_fn(request_id::middleware))
@@ -103,6 +109,7 @@ pub struct Application {
     stop_background: CancellationToken,
     writer: writer::Writer,
     publisher: publisher::Publisher,
+    hub: Arc<notifications::hub::Hub>,
 }
 
 /// Prepares the database, binds the listener and wires the state; nothing runs yet.
@@ -149,6 +156,14 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
         bus,
         metrics: metrics.clone(),
     };
+    let hub = Arc::new(
+        notifications::hub::Hub::new(
+            redis.clone(),
+            &config.stream,
+            config.allowed_origins.clone(),
+        )
+        .map_err(StartError::Redis)?,
+    );
     let (writer, writer_handle) = writer::writer(pool.clone());
     let state = AppState {
         pool: pool.clone(),
@@ -160,6 +175,7 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
         cache,
         stream: Arc::from(config.stream.as_str()),
         metrics,
+        hub: hub.clone(),
     };
     let listener = TcpListener::bind(&config.http_addr)
         .await
@@ -175,6 +191,7 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
         stop_background.clone(),
     ));
     background.spawn(purge_idempotency_keys(pool, stop_background.clone()));
+    background.spawn(hub.clone().subscribe(stop_background.clone()));
     Ok(Application {
         listener,
         router: app(state),
@@ -182,6 +199,7 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
         stop_background,
         writer,
         publisher,
+        hub,
     })
 }
 
@@ -230,13 +248,21 @@ impl Application {
             stop_background,
             writer,
             publisher,
+            hub,
         } = self;
         let writer = tokio::spawn(writer.run());
         background.spawn(publisher.run(stop_background.clone()));
         tracing::info!(addr = %listener.local_addr()?, "command-api listening");
+        let closing = hub.closing.clone();
         let served = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                // Sockets outlive their upgrade request: close them (1001) explicitly.
+                closing.cancel();
+            })
             .await;
+        hub.sessions.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), hub.sessions.wait()).await;
         // The router (and with it every writer handle) is gone: the writer drains and stops.
         stop_background.cancel();
         let _ = writer.await;

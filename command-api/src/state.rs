@@ -8,6 +8,7 @@ use crate::auth::Verifier;
 use crate::auth::service_key::ServiceKeyDigests;
 use crate::cache::Cache;
 use crate::metrics::Metrics;
+use crate::notifications::hub::Hub;
 use crate::writer::WriterHandle;
 
 #[derive(Clone)]
@@ -24,4 +25,6 @@ pub struct AppState {
     /// The JetStream stream name, which also namespaces the cache keys.
     pub stream: Arc<str>,
     pub metrics: Arc<Metrics>,
+    /// The WebSocket hub of this instance.
+    pub hub: Arc<Hub>,
 }

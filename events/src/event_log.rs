@@ -253,6 +253,26 @@ pub async fn stream_version(
     Ok(Version(version.unwrap_or(0)))
 }
 
+/// The name a user had just before `position` (from its latest `user.registered` or
+/// `user.updated`), or `None` if it had registered no profile by then.
+pub async fn user_name_before(
+    executor: impl PgExecutor<'_>,
+    user: UserId,
+    position: Position,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT data->>'name' FROM events
+         WHERE stream_id = $1 AND position < $2
+           AND event_type IN ('user.registered', 'user.updated')
+         ORDER BY version DESC LIMIT 1",
+    )
+    .bind(StreamId::user(user).to_string())
+    .bind(position.0)
+    .fetch_optional(executor)
+    .await
+    .map(Option::flatten)
+}
+
 /// A stream's events after `after`, in version order.
 pub async fn read_stream(
     executor: impl PgExecutor<'_>,

@@ -9,6 +9,7 @@
 //!   the validated input values.
 //! - [`event_log`]: append with optimistic concurrency and no-skip reads by position.
 //! - [`envelope`]: the CloudEvents 1.0 form of a logged event.
+//! - [`notification`]: what the relay derives from events, its Redis keys and offsets.
 //! - [`outbox`]: the publisher's checkpoint and republish requests (the log is the outbox).
 //! - [`read_model`]: the projections, where their models live, how far each has applied.
 //! - [`MIGRATOR`]: the schema, owned by `events/migrations`.
@@ -18,6 +19,7 @@ pub mod domain;
 pub mod envelope;
 pub mod event_log;
 pub mod ids;
+pub mod notification;
 pub mod outbox;
 pub mod read_model;
 

@@ -91,7 +91,9 @@ async fn main() -> anyhow::Result<()> {
                 only
             };
             let workers = projectors::build(&config, &projections).await?;
-            workers.run_until_stopped(shutdown_signal()).await;
+            workers
+                .run_until_stopped(projectors::shutdown_signal())
+                .await;
         }
         Command::Rebuild { name } => {
             let (pool, cache) = projectors::open(&config).await?;
@@ -151,23 +153,4 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down; finishing the batches in hand");
 }

@@ -1,17 +1,35 @@
-//! `relay`: turns events into per-user notifications on Redis `notify.user.<id>`.
-//!
-//! Not built yet (the notifications issue): today it only describes itself.
+//! `relay`: reads its configuration, relays until SIGTERM or Ctrl-C.
 
 use clap::Parser;
+use tokio_util::sync::CancellationToken;
 
-/// Keel notification relay: the JetStream durable consumer `relay-notifications` that turns
-/// events into per-user notifications on Redis channels `notify.user.<user_id>`.
-/// Not built yet: this binary only prints its help.
+/// Keel notification relay: the JetStream durable consumer `relay-notifications` that
+/// turns `comment.added`, `post.liked` and `user.role_changed` into per-user
+/// notifications on Redis channels `notify.user.<user_id>`, each also kept in that
+/// user's bounded history for WebSocket recovery. Several instances may run at once.
 #[derive(Parser)]
 #[command(name = "relay", version)]
-struct Cli {}
+struct Cli {
+    #[command(flatten)]
+    config: relay::Config,
+}
 
-fn main() -> anyhow::Result<()> {
-    Cli::parse();
-    anyhow::bail!("the relay is not built yet; see README.md (Status)")
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let relay = relay::build(&cli.config).await?;
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(relay.run(stop.clone()));
+    projectors::shutdown_signal().await;
+    stop.cancel();
+    running.await?;
+    Ok(())
 }

@@ -2,18 +2,20 @@
 //! port 0, a JWKS server of the dev issuer's keys, and bounded polling.
 //!
 //! Pipeline under test: HTTP command -> decide -> Postgres event log (-> JetStream ->
-//! projectors / relay -> Redis -> WebSocket in later suites). Nothing here mocks
+//! projectors / relay -> Redis -> WebSocket). Nothing here mocks
 //! Postgres, NATS or Redis; only the identity provider is faked (`dev-issuer`).
 
 pub mod api_process;
 pub mod forge;
 pub mod jwks_server;
 pub mod nats_server;
+pub mod notifications;
 pub mod projections;
 pub mod redis_server;
 pub mod server_process;
 pub mod stream;
 pub mod test_app;
+pub mod worker_process;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

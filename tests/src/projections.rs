@@ -4,7 +4,6 @@
 //! model rebuilt from the log.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use events::read_model::Projection;
@@ -64,47 +63,6 @@ impl Drop for Running {
         if let Some(task) = self.task.take() {
             task.abort();
         }
-    }
-}
-
-/// The real `projectors` binary as a child process.
-pub struct ProjectorProcess {
-    child: Child,
-}
-
-impl ProjectorProcess {
-    pub fn spawn(app: &TestApp) -> Self {
-        let binary = crate::api_process::binary_named("projectors");
-        assert!(
-            binary.exists(),
-            "{} is missing: run `cargo build --workspace --bins`",
-            binary.display()
-        );
-        let child = Command::new(binary)
-            .env("DATABASE_URL", &app.database_url)
-            .env("NATS_URL", &app.nats_url)
-            .env("REDIS_URL", &app.redis_url)
-            .env("KEEL_STREAM", &app.stream)
-            .env("KEEL_SUBJECT_PREFIX", &app.subject_prefix)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the projectors binary starts");
-        Self { child }
-    }
-
-    /// SIGKILL: no shutdown, no flush.
-    pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ProjectorProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

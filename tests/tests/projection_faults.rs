@@ -9,10 +9,9 @@ use std::time::Duration;
 
 use events::read_model::Projection;
 use keel_tests::nats_server::NatsServer;
-use keel_tests::projections::{
-    ProjectorProcess, Running, assert_live_equals_rebuilt, caught_up, config, seed_blog,
-};
+use keel_tests::projections::{Running, assert_live_equals_rebuilt, caught_up, config, seed_blog};
 use keel_tests::test_app::test_config;
+use keel_tests::worker_process::WorkerProcess;
 use keel_tests::{JwksServer, TestApp, eventually, fresh_database};
 use reqwest::Method;
 use serde_json::json;
@@ -32,7 +31,7 @@ async fn slowest(app: &TestApp) -> i64 {
 async fn a_projector_killed_mid_batch_again_and_again_double_counts_nothing() {
     let app = TestApp::spawn().await.unwrap();
     let appended = seed_blog(&app.pool, 50, 200, 6000).await.unwrap();
-    let mut process = ProjectorProcess::spawn(&app);
+    let mut process = WorkerProcess::spawn("projectors", &app);
     let mut seen = 0;
     for kill in 0..6 {
         let before = seen;
@@ -53,7 +52,7 @@ async fn a_projector_killed_mid_batch_again_and_again_double_counts_nothing() {
             break;
         }
         process.kill();
-        process = ProjectorProcess::spawn(&app);
+        process = WorkerProcess::spawn("projectors", &app);
     }
     caught_up(&app.pool, Duration::from_secs(120)).await;
     process.kill();

@@ -44,6 +44,8 @@ const ACCEPTED: [Algorithm; 8] = [
 pub struct Principal {
     pub user_id: UserId,
     pub roles: Vec<String>,
+    /// The token's `exp` (Unix seconds): a WebSocket closes then.
+    pub expires_at: i64,
 }
 
 impl Principal {
@@ -129,15 +131,16 @@ impl Verifier {
         if let Some(principal) = self.remembered(&digest, now) {
             return Ok(principal);
         }
-        let (principal, exp) = self.verify_signed(token, now).await?;
-        let until = exp
+        let principal = self.verify_signed(token, now).await?;
+        let until = principal
+            .expires_at
             .saturating_add(LEEWAY_SECS as i64)
             .min(now + VERIFIED_TTL_SECS);
         self.remember(digest, &principal, until);
         Ok(principal)
     }
 
-    async fn verify_signed(&self, token: &str, now: i64) -> Result<(Principal, i64), &'static str> {
+    async fn verify_signed(&self, token: &str, now: i64) -> Result<Principal, &'static str> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| "malformed token")?;
         if !ACCEPTED.contains(&header.alg) {
             return Err("token algorithm not accepted");
@@ -174,7 +177,11 @@ impl Verifier {
             .parse::<UserId>()
             .map_err(|_| "token subject is not a UUID")?;
         let roles = claims.realm_access.map(|r| r.roles).unwrap_or_default();
-        Ok((Principal { user_id, roles }, claims.exp as i64))
+        Ok(Principal {
+            user_id,
+            roles,
+            expires_at: claims.exp as i64,
+        })
     }
 }
 
@@ -217,7 +224,12 @@ impl FromRequestParts<AppState> for Principal {
 
 /// The token of an `Authorization: Bearer <token>` header.
 pub fn bearer_token(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    bearer_token_in(&parts.headers)
+}
+
+/// The token of an `Authorization: Bearer <token>` header among `headers`.
+pub fn bearer_token_in(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)

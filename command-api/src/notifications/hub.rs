@@ -1,0 +1,239 @@
+//! The hub: one Redis pattern subscription (`notify.user.*`) per command-api instance,
+//! fanned out to the sockets of each message's user.
+//!
+//! Every socket registers a bounded queue. Fan-out never waits on a socket: when a
+//! queue is full the socket is evicted (closed with 1013), so a slow client can only
+//! lose its own connection. After every (re)subscription the hub bumps a generation;
+//! each socket then reads its history from where it stands, which closes any gap the
+//! subscription had while it was down.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::history::History;
+use events::ids::UserId;
+use events::notification::{self, Keys, Offset};
+
+/// Frames a socket may have waiting before it counts as too slow.
+pub const QUEUE: usize = 256;
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// One live notification, as published: its offset and the frame to send.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub offset: Offset,
+    pub frame: Arc<str>,
+}
+
+struct Subscriber {
+    id: u64,
+    queue: mpsc::Sender<Live>,
+    evicted: CancellationToken,
+}
+
+/// Shared by every socket of this instance.
+pub struct Hub {
+    client: redis::Client,
+    pub history: History,
+    subscribers: Mutex<HashMap<UserId, Vec<Subscriber>>>,
+    next_id: AtomicU64,
+    generation: watch::Sender<u64>,
+    /// Cancelled at shutdown: every socket closes with 1001.
+    pub closing: CancellationToken,
+    /// The sessions, so that shutdown can wait for their close frames.
+    pub sessions: TaskTracker,
+    /// Origins allowed to open a socket from a browser; empty allows any.
+    pub allowed_origins: Vec<String>,
+    sockets: AtomicUsize,
+    evictions: AtomicU64,
+}
+
+/// A socket's place in the hub; unregisters on drop.
+pub struct Registration {
+    hub: Arc<Hub>,
+    user: UserId,
+    id: u64,
+    pub queue: mpsc::Receiver<Live>,
+    pub evicted: CancellationToken,
+    pub generation: watch::Receiver<u64>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.remove(self.user, self.id);
+    }
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    offset: &'a str,
+}
+
+impl Hub {
+    pub fn new(
+        client: redis::Client,
+        stream: &str,
+        allowed_origins: Vec<String>,
+    ) -> Result<Self, redis::RedisError> {
+        Ok(Self {
+            history: History::new(&client, Keys::of(stream))?,
+            client,
+            subscribers: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            generation: watch::Sender::new(0),
+            closing: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+            allowed_origins,
+            sockets: AtomicUsize::new(0),
+            evictions: AtomicU64::new(0),
+        })
+    }
+
+    fn subscribers(&self) -> MutexGuard<'_, HashMap<UserId, Vec<Subscriber>>> {
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a socket of `user`: from now on its notifications queue up for it.
+    pub fn register(self: &Arc<Self>, user: UserId) -> Registration {
+        let (queue, receiver) = mpsc::channel(QUEUE);
+        let evicted = CancellationToken::new();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.subscribers()
+            .entry(user)
+            .or_default()
+            .push(Subscriber {
+                id,
+                queue,
+                evicted: evicted.clone(),
+            });
+        self.sockets.fetch_add(1, Ordering::Relaxed);
+        Registration {
+            hub: self.clone(),
+            user,
+            id,
+            queue: receiver,
+            evicted,
+            generation: self.generation.subscribe(),
+        }
+    }
+
+    fn remove(&self, user: UserId, id: u64) {
+        let mut subscribers = self.subscribers();
+        if let Some(sockets) = subscribers.get_mut(&user) {
+            let before = sockets.len();
+            sockets.retain(|s| s.id != id);
+            if sockets.len() < before {
+                self.sockets.fetch_sub(1, Ordering::Relaxed);
+            }
+            if sockets.is_empty() {
+                subscribers.remove(&user);
+            }
+        }
+    }
+
+    /// Sockets open on this instance.
+    pub fn sockets(&self) -> usize {
+        self.sockets.load(Ordering::Relaxed)
+    }
+
+    /// Sockets closed for being too slow, since start.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    /// Hands a published message to the sockets of its user, never waiting.
+    fn fan_out(&self, channel: &str, payload: &[u8]) {
+        let Some(user) = notification::channel_user(channel) else {
+            return;
+        };
+        let Ok(text) = std::str::from_utf8(payload) else {
+            tracing::warn!("notification is not UTF-8; dropped");
+            return;
+        };
+        let Some(offset) = serde_json::from_str::<Head>(text)
+            .ok()
+            .and_then(|head| head.offset.parse::<Offset>().ok())
+        else {
+            tracing::warn!("notification without a valid offset; dropped");
+            return;
+        };
+        let live = Live {
+            offset,
+            frame: Arc::from(text),
+        };
+        let mut subscribers = self.subscribers();
+        let Some(sockets) = subscribers.get_mut(&user) else {
+            return;
+        };
+        sockets.retain(|socket| match socket.queue.try_send(live.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                socket.evicted.cancel();
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+                self.sockets.fetch_sub(1, Ordering::Relaxed);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.sockets.fetch_sub(1, Ordering::Relaxed);
+                false
+            }
+        });
+        if sockets.is_empty() {
+            subscribers.remove(&user);
+        }
+    }
+
+    /// Keeps the pattern subscription up until `stop`, resubscribing (within a second of
+    /// Redis being back) whenever it drops.
+    pub async fn subscribe(self: Arc<Self>, stop: CancellationToken) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let attempt = async {
+                let mut pubsub = self.client.get_async_pubsub().await?;
+                pubsub.psubscribe(notification::CHANNEL_PATTERN).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            let subscribed = tokio::select! {
+                () = stop.cancelled() => return,
+                subscribed = attempt => subscribed,
+            };
+            match subscribed {
+                Ok(mut pubsub) => {
+                    tracing::info!("subscribed to {}", notification::CHANNEL_PATTERN);
+                    backoff = Duration::from_millis(50);
+                    // Sockets read what they may have missed while unsubscribed.
+                    self.generation.send_modify(|g| *g += 1);
+                    let mut messages = pubsub.on_message();
+                    loop {
+                        let message = tokio::select! {
+                            () = stop.cancelled() => return,
+                            message = messages.next() => message,
+                        };
+                        let Some(message) = message else { break };
+                        self.fan_out(message.get_channel_name(), message.get_payload_bytes());
+                    }
+                    tracing::warn!("notification subscription lost; resubscribing");
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "cannot subscribe to notifications; retrying")
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! `GET /ws/notifications`: the WebSocket hub (the end of the pipeline: … -> relay ->
+//! Redis -> **hub -> browser**).
+//!
+//! - [`hub`]: one pattern subscription per instance, fanned out to bounded socket queues.
+//! - [`session`]: one socket: recovery, live frames, keepalive, expiry, closing.
+//! - [`history`]: reads of a user's history in Redis (written by the relay).
+//!
+//! The upgrade is refused (RFC 9457, before any socket exists) for a token in the query
+//! string (401), an Origin not in `KEEL_ALLOWED_ORIGINS` (403), a missing or invalid
+//! token (401) and an offset Keel did not issue (422). The user is only ever the verified
+//! token's `sub`. Browsers, which cannot set headers on a WebSocket, offer the
+//! subprotocols `keel.v1`, `bearer.<jwt>` and optionally `last-event-id.<offset>`; the
+//! server selects `keel.v1` and never echoes (or logs) the others.
+
+pub mod history;
+pub mod hub;
+pub mod session;
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::http::{HeaderMap, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::error::{ApiError, FieldError, problem};
+use crate::state::AppState;
+use events::notification::Offset;
+use session::Session;
+
+/// The subprotocol the server speaks (and the only one it ever selects).
+pub const PROTOCOL: &str = "keel.v1";
+const BEARER_PROTOCOL: &str = "bearer.";
+const RESUME_PROTOCOL: &str = "last-event-id.";
+/// Largest frame or message a client may send (clients only answer pings).
+pub const MAX_INCOMING_BYTES: usize = 4096;
+/// Query parameters that would carry a token, which must never travel in a URL.
+const TOKEN_PARAMETERS: [&str; 5] = ["access_token", "token", "jwt", "bearer", "id_token"];
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/ws/notifications", get(open))
+}
+
+/// What the client offered in `Sec-WebSocket-Protocol`.
+#[derive(Default)]
+struct Offered<'a> {
+    token: Option<&'a str>,
+    resume: Option<&'a str>,
+}
+
+fn offered(headers: &HeaderMap) -> Offered<'_> {
+    let mut offered = Offered::default();
+    let protocols = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim);
+    for protocol in protocols {
+        if let Some(token) = protocol.strip_prefix(BEARER_PROTOCOL) {
+            offered.token = Some(token);
+        } else if let Some(offset) = protocol.strip_prefix(RESUME_PROTOCOL) {
+            offered.resume = Some(offset);
+        }
+    }
+    offered
+}
+
+fn token_in_query(uri: &Uri) -> bool {
+    uri.query().is_some_and(|query| {
+        query.split('&').any(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            TOKEN_PARAMETERS
+                .iter()
+                .any(|t| name.eq_ignore_ascii_case(t))
+                || value.starts_with("eyJ")
+        })
+    })
+}
+
+async fn open(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    if token_in_query(&uri) {
+        return Err(ApiError::Unauthorized(
+            "tokens in the query string are refused: send Authorization: Bearer, \
+             or offer the keel.v1 and bearer.<token> subprotocols"
+                .to_owned(),
+        ));
+    }
+    let hub = state.hub.clone();
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let allowed = hub.allowed_origins.is_empty()
+            || origin
+                .to_str()
+                .is_ok_and(|o| hub.allowed_origins.iter().any(|a| a == o));
+        if !allowed {
+            return Err(ApiError::Forbidden(
+                "this Origin may not open notification sockets".to_owned(),
+            ));
+        }
+    }
+    let offered = offered(&headers);
+    let token = crate::auth::bearer_token_in(&headers)
+        .or(offered.token)
+        .ok_or(ApiError::Unauthenticated)?;
+    let principal = state
+        .verifier
+        .verify(token)
+        .await
+        .map_err(|reason| ApiError::Unauthorized(reason.to_owned()))?;
+    tracing::Span::current().record("user_id", tracing::field::display(principal.user_id));
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or(offered.resume)
+        .map(|raw| {
+            raw.trim().parse::<Offset>().map_err(|_| ApiError::Invalid {
+                detail: "Last-Event-ID is not an offset Keel issued".to_owned(),
+                errors: vec![FieldError::new(
+                    "Last-Event-ID",
+                    "not a notification offset",
+                )],
+            })
+        })
+        .transpose()?;
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            return Ok(problem(
+                rejection.status(),
+                "open /ws/notifications as a WebSocket (Upgrade: websocket)",
+            ));
+        }
+    };
+    let session = Session {
+        hub: hub.clone(),
+        user: principal.user_id,
+        expires_at: principal.expires_at,
+        resume,
+    };
+    let tracker = hub.sessions.clone();
+    Ok(upgrade
+        .protocols([PROTOCOL])
+        .max_frame_size(MAX_INCOMING_BYTES)
+        .max_message_size(MAX_INCOMING_BYTES)
+        .on_failed_upgrade(|error| tracing::debug!(error = %error, "websocket upgrade failed"))
+        .on_upgrade(move |socket| tracker.track_future(session.run(socket)))
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_in_the_query_string_are_recognized() {
+        for uri in [
+            "/ws/notifications?access_token=x",
+            "/ws/notifications?a=1&TOKEN=x",
+            "/ws/notifications?x=eyJhbGciOi",
+        ] {
+            assert!(token_in_query(&uri.parse().expect("uri")), "{uri}");
+        }
+        assert!(!token_in_query(
+            &"/ws/notifications?lang=en".parse().expect("uri")
+        ));
+        assert!(!token_in_query(&"/ws/notifications".parse().expect("uri")));
+    }
+
+    #[test]
+    fn subprotocols_carry_the_token_and_the_offset() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            "keel.v1, bearer.abc.def.ghi, last-event-id.e.1-0"
+                .parse()
+                .expect("header"),
+        );
+        let offered = offered(&headers);
+        assert_eq!(offered.token, Some("abc.def.ghi"));
+        assert_eq!(offered.resume, Some("e.1-0"));
+    }
+}

@@ -1,0 +1,221 @@
+//! One socket: recovery from its history, then live notifications, until it closes.
+//!
+//! The socket registers with the hub *before* it reads its history, so a notification
+//! published meanwhile is both in the history and in its queue; the cursor (the last
+//! offset sent) drops the second copy, and any duplicate, so each notification reaches
+//! the socket once and in offset order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures::stream::SplitSink;
+use futures::{SinkExt, StreamExt};
+
+use super::history::{CatchUp, Cursor};
+use super::hub::{Hub, Live, Registration};
+use events::ids::UserId;
+use events::notification::{self, Offset};
+
+/// How often the server pings; a socket that answered nothing for two of them is dropped.
+pub const PING_EVERY: Duration = Duration::from_secs(20);
+/// Longest one frame may take to go out before the socket counts as too slow.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Close codes.
+pub const GOING_AWAY: u16 = 1001;
+pub const SERVER_ERROR: u16 = 1011;
+pub const TRY_AGAIN_LATER: u16 = 1013;
+pub const TOKEN_EXPIRED: u16 = 4001;
+
+pub struct Session {
+    pub hub: Arc<Hub>,
+    pub user: UserId,
+    /// The token's `exp` (Unix seconds).
+    pub expires_at: i64,
+    /// The offset to resume after, if the client sent one.
+    pub resume: Option<Offset>,
+}
+
+/// Why a session ends.
+enum End {
+    /// The client went away, or stopped answering: nothing to say to it.
+    Gone,
+    Close(u16, &'static str),
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+
+impl Session {
+    pub async fn run(self, socket: WebSocket) {
+        let mut registration = self.hub.register(self.user);
+        let (mut sink, mut incoming) = socket.split();
+        let end = self
+            .serve(&mut registration, &mut sink, &mut incoming)
+            .await;
+        if let End::Close(code, reason) = end {
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            };
+            let _ =
+                tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+        }
+    }
+
+    async fn serve(
+        &self,
+        registration: &mut Registration,
+        sink: &mut Sink,
+        incoming: &mut futures::stream::SplitStream<WebSocket>,
+    ) -> End {
+        let mut cursor = match &self.resume {
+            Some(offset) => Cursor::at(offset.clone()),
+            None => match self.hub.history.tail(self.user).await {
+                Ok(cursor) => cursor,
+                Err(error) => return self.unavailable(&error),
+            },
+        };
+        if self.resume.is_some() {
+            if let Err(end) = self.catch_up(registration, sink, &mut cursor).await {
+                return end;
+            }
+        }
+        // Mark the current generation seen: the history was just read.
+        registration.generation.borrow_and_update();
+        let expiry = tokio::time::Instant::now()
+            + Duration::from_secs(
+                u64::try_from(self.expires_at - jsonwebtoken::get_current_timestamp() as i64)
+                    .unwrap_or(0),
+            );
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+        let mut answered = true;
+        loop {
+            tokio::select! {
+                biased;
+                () = self.hub.closing.cancelled() => return End::Close(GOING_AWAY, "server shutting down"),
+                () = registration.evicted.cancelled() => return End::Close(TRY_AGAIN_LATER, "too slow"),
+                () = tokio::time::sleep_until(expiry) => return End::Close(TOKEN_EXPIRED, "token expired"),
+                changed = registration.generation.changed() => {
+                    if changed.is_err() {
+                        return End::Close(GOING_AWAY, "server shutting down");
+                    }
+                    if let Err(end) = self.catch_up(registration, sink, &mut cursor).await {
+                        return end;
+                    }
+                }
+                frame = incoming.next() => match frame {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return End::Gone,
+                    // Clients have nothing to say; anything they send proves them alive.
+                    Some(Ok(_)) => answered = true,
+                },
+                _ = ping.tick() => {
+                    if !answered {
+                        return End::Gone;
+                    }
+                    answered = false;
+                    if let Err(end) = self.send(registration, sink, Message::Ping(Default::default())).await {
+                        return end;
+                    }
+                }
+                live = registration.queue.recv() => {
+                    let Some(live) = live else {
+                        return End::Close(TRY_AGAIN_LATER, "too slow");
+                    };
+                    if let Err(end) = self.deliver(registration, sink, &mut cursor, live).await {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn deliver(
+        &self,
+        registration: &mut Registration,
+        sink: &mut Sink,
+        cursor: &mut Cursor,
+        live: Live,
+    ) -> Result<(), End> {
+        if cursor.epoch.as_ref() != Some(&live.offset.epoch) {
+            // A new epoch (Redis lost its data), or the first one: the history decides.
+            return self.catch_up(registration, sink, cursor).await;
+        }
+        if live.offset.entry <= cursor.entry {
+            return Ok(());
+        }
+        self.send(
+            registration,
+            sink,
+            Message::Text(Utf8Bytes::from(&*live.frame)),
+        )
+        .await?;
+        cursor.entry = live.offset.entry;
+        Ok(())
+    }
+
+    /// Sends what the history holds after `cursor`, preceded by `recovery.incomplete` when
+    /// the history no longer reaches back to it.
+    async fn catch_up(
+        &self,
+        registration: &mut Registration,
+        sink: &mut Sink,
+        cursor: &mut Cursor,
+    ) -> Result<(), End> {
+        let CatchUp {
+            complete,
+            entries,
+            cursor: next,
+        } = match self.hub.history.after(self.user, cursor).await {
+            Ok(read) => read,
+            Err(error) => return Err(self.unavailable(&error)),
+        };
+        if !complete {
+            self.send(
+                registration,
+                sink,
+                Message::Text(Utf8Bytes::from_static(notification::RECOVERY_INCOMPLETE)),
+            )
+            .await?;
+        }
+        for (offset, json) in entries {
+            self.send(
+                registration,
+                sink,
+                Message::Text(notification::frame(&json, &offset).into()),
+            )
+            .await?;
+        }
+        *cursor = next;
+        Ok(())
+    }
+
+    /// Sends one frame, unless the socket is evicted, the server closes, or the client
+    /// takes longer than [`WRITE_TIMEOUT`] to take it.
+    async fn send(
+        &self,
+        registration: &Registration,
+        sink: &mut Sink,
+        message: Message,
+    ) -> Result<(), End> {
+        tokio::select! {
+            sent = tokio::time::timeout(WRITE_TIMEOUT, sink.send(message)) => match sent {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(End::Gone),
+                Err(_) => Err(End::Close(TRY_AGAIN_LATER, "too slow")),
+            },
+            () = registration.evicted.cancelled() => Err(End::Close(TRY_AGAIN_LATER, "too slow")),
+            () = self.hub.closing.cancelled() => Err(End::Close(GOING_AWAY, "server shutting down")),
+        }
+    }
+
+    fn unavailable(&self, error: &super::history::HistoryError) -> End {
+        tracing::warn!(error = %error, "notification history unavailable; closing the socket");
+        End::Close(
+            SERVER_ERROR,
+            "notifications unavailable; reconnect with Last-Event-ID",
+        )
+    }
+}

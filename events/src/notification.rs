@@ -1,0 +1,374 @@
+//! Notifications: what the relay derives from events and the WebSocket hub delivers.
+//!
+//! The relay publishes each notification as JSON on the Redis channel
+//! `notify.user.<user_id>` and appends it to that user's history, a Redis stream. Both
+//! happen in one Redis script, which also assigns the notification's **offset**:
+//! `<epoch>.<entry id>`, where the entry id is the history stream's (`<ms>-<seq>`, so it
+//! increases per user) and the epoch names the life of the Redis data set. When Redis
+//! loses its data a new epoch starts, and an offset of the old one is known to be
+//! unrecoverable rather than silently taken as complete.
+//!
+//! Keys are namespaced by the JetStream stream (`keel:<stream>:notify:…`), like the UI
+//! cache, so systems and tests that use different streams never share a history. The
+//! channel name is the contract's and is not namespaced; user ids are UUIDs.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::event_log::RecordedEvent;
+use crate::ids::{EventId, UserId};
+
+/// Every user channel, as one pattern subscription.
+pub const CHANNEL_PATTERN: &str = "notify.user.*";
+const CHANNEL_PREFIX: &str = "notify.user.";
+
+/// How many notifications a user's history keeps (the contract asks for at least 100).
+pub const HISTORY_LEN: usize = 200;
+
+/// How many of a user's latest notification ids are remembered to drop a redelivery.
+pub const SEEN_LEN: usize = 1000;
+
+/// The frame a socket receives first when its history no longer covers the offset it
+/// asked to resume from.
+pub const RECOVERY_INCOMPLETE: &str = r#"{"type":"recovery.incomplete"}"#;
+
+/// The channel a user's notifications are published on.
+pub fn channel(user: UserId) -> String {
+    format!("{CHANNEL_PREFIX}{user}")
+}
+
+/// The user a channel belongs to, if it is a user channel.
+pub fn channel_user(channel: &str) -> Option<UserId> {
+    channel.strip_prefix(CHANNEL_PREFIX)?.parse().ok()
+}
+
+/// The Redis keys of the notifications of one event stream.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn of(stream: &str) -> Self {
+        Self {
+            prefix: format!("keel:{stream}:notify:"),
+        }
+    }
+
+    /// The current epoch (see the module documentation).
+    pub fn epoch(&self) -> String {
+        format!("{}epoch", self.prefix)
+    }
+
+    /// The user's history: a Redis stream of `n` → notification JSON (without offset).
+    pub fn history(&self, user: UserId) -> String {
+        format!("{}history:{user}", self.prefix)
+    }
+
+    /// The ids of the user's latest notifications, scored by event position.
+    pub fn seen(&self, user: UserId) -> String {
+        format!("{}seen:{user}", self.prefix)
+    }
+}
+
+/// A fresh epoch name: 12 lowercase hex digits.
+pub fn new_epoch() -> String {
+    Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// A history entry id, `<ms>-<seq>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct EntryId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl std::str::FromStr for EntryId {
+    type Err = InvalidOffset;
+    fn from_str(s: &str) -> Result<Self, InvalidOffset> {
+        let (ms, seq) = s.split_once('-').ok_or(InvalidOffset)?;
+        Ok(Self {
+            ms: ms.parse().map_err(|_| InvalidOffset)?,
+            seq: seq.parse().map_err(|_| InvalidOffset)?,
+        })
+    }
+}
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// Where a user's notifications stand: `<epoch>.<entry id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offset {
+    pub epoch: String,
+    pub entry: EntryId,
+}
+
+/// A string that is not an offset Keel issued.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("not a notification offset")]
+pub struct InvalidOffset;
+
+impl std::str::FromStr for Offset {
+    type Err = InvalidOffset;
+    fn from_str(s: &str) -> Result<Self, InvalidOffset> {
+        let (epoch, entry) = s.split_once('.').ok_or(InvalidOffset)?;
+        if epoch.is_empty() || !epoch.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(InvalidOffset);
+        }
+        Ok(Self {
+            epoch: epoch.to_owned(),
+            entry: entry.parse()?,
+        })
+    }
+}
+
+impl fmt::Display for Offset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.epoch, self.entry)
+    }
+}
+
+/// The frame a socket receives: the notification's JSON with `"offset"` put first.
+/// The relay's script builds the published message the same way.
+pub fn frame(notification_json: &str, offset: &Offset) -> String {
+    let rest = notification_json
+        .strip_prefix('{')
+        .unwrap_or(notification_json);
+    format!(r#"{{"offset":"{offset}",{rest}"#)
+}
+
+/// One notification, as published (the offset is added by the relay's script).
+#[derive(Debug, Clone)]
+pub struct Notification {
+    /// Derived from the event id, so a redelivered event gives the same notification.
+    pub id: Uuid,
+    pub kind: &'static str,
+    pub time: DateTime<Utc>,
+    pub event_id: EventId,
+    pub data: serde_json::Value,
+}
+
+/// Who is notified, and of what.
+#[derive(Debug, Clone)]
+pub struct Addressed {
+    pub recipient: UserId,
+    pub notification: Notification,
+}
+
+/// The namespace of notification ids (a v5 UUID of the event id).
+const NAMESPACE: Uuid = Uuid::from_u128(0x6b65_656c_2d6e_6f74_6966_6963_6174_696f);
+
+impl Notification {
+    /// `{"id", "type", "time", "event_id", "data"}`.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "id": self.id,
+            "type": self.kind,
+            "time": self.time,
+            "event_id": self.event_id,
+            "data": self.data,
+        })
+        .to_string()
+    }
+
+    fn of(event: &RecordedEvent, kind: &'static str, data: serde_json::Value) -> Self {
+        Self {
+            id: Uuid::new_v5(&NAMESPACE, event.event_id.0.as_bytes()),
+            kind,
+            time: event.recorded_at,
+            event_id: event.event_id,
+            data,
+        }
+    }
+}
+
+/// Who acted, as a notification shows them: the name is the one they had when the
+/// event happened (`None` if they never registered a profile).
+#[derive(Debug, Clone, Serialize)]
+pub struct By {
+    pub id: UserId,
+    pub name: Option<String>,
+}
+
+/// The part of an event that decides whether it notifies anyone. `actor` is who must be
+/// named (the commenter, the liker); the caller looks their name up and calls
+/// [`Trigger::address`].
+#[derive(Debug, Clone)]
+pub enum Trigger {
+    Comment {
+        post_id: crate::ids::PostId,
+        comment_id: crate::ids::CommentId,
+        actor: UserId,
+        recipient: UserId,
+        body: String,
+    },
+    Like {
+        post_id: crate::ids::PostId,
+        actor: UserId,
+        recipient: UserId,
+    },
+    Roles {
+        recipient: UserId,
+        roles: Vec<crate::domain::values::Role>,
+    },
+}
+
+/// How many characters of a comment a notification quotes.
+pub const EXCERPT_CHARS: usize = 140;
+
+impl Trigger {
+    /// The trigger in an event, if it notifies anyone. Nobody is notified of their own
+    /// comment or like.
+    pub fn of(event: &crate::domain::Event) -> Option<Trigger> {
+        use crate::domain::Event;
+        use crate::domain::post::PostEvent;
+        use crate::domain::user::UserEvent;
+        match event {
+            Event::Post(PostEvent::CommentAdded(e)) if e.author_id != e.post_author_id => {
+                Some(Trigger::Comment {
+                    post_id: e.post_id,
+                    comment_id: e.comment_id,
+                    actor: e.author_id,
+                    recipient: e.post_author_id,
+                    body: e.body.clone(),
+                })
+            }
+            Event::Post(PostEvent::Liked(e)) if e.user_id != e.post_author_id => {
+                Some(Trigger::Like {
+                    post_id: e.post_id,
+                    actor: e.user_id,
+                    recipient: e.post_author_id,
+                })
+            }
+            Event::User(UserEvent::RoleChanged(e)) => Some(Trigger::Roles {
+                recipient: e.id,
+                roles: e.roles.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The user whose name the notification shows, if any.
+    pub fn actor(&self) -> Option<UserId> {
+        match self {
+            Trigger::Comment { actor, .. } | Trigger::Like { actor, .. } => Some(*actor),
+            Trigger::Roles { .. } => None,
+        }
+    }
+
+    /// The notification, with the actor's name resolved.
+    pub fn address(self, event: &RecordedEvent, actor_name: Option<String>) -> Addressed {
+        let by = |id| By {
+            id,
+            name: actor_name.clone(),
+        };
+        let (recipient, kind, data) = match self {
+            Trigger::Comment {
+                post_id,
+                comment_id,
+                actor,
+                recipient,
+                body,
+            } => (
+                recipient,
+                "comment.added",
+                serde_json::json!({
+                    "post_id": post_id,
+                    "comment_id": comment_id,
+                    "by": by(actor),
+                    "excerpt": excerpt(&body),
+                }),
+            ),
+            Trigger::Like {
+                post_id,
+                actor,
+                recipient,
+            } => (
+                recipient,
+                "post.liked",
+                serde_json::json!({ "post_id": post_id, "by": by(actor) }),
+            ),
+            Trigger::Roles { recipient, roles } => (
+                recipient,
+                "user.role_changed",
+                serde_json::json!({ "roles": roles }),
+            ),
+        };
+        Addressed {
+            recipient,
+            notification: Notification::of(event, kind, data),
+        }
+    }
+}
+
+/// The start of a comment, cut at a character boundary, with `…` when cut.
+fn excerpt(body: &str) -> String {
+    match body.char_indices().nth(EXCERPT_CHARS) {
+        Some((cut, _)) => format!("{}…", &body[..cut]),
+        None => body.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_round_trip_and_refuse_what_keel_did_not_issue() {
+        let offset: Offset = "a1b2c3.1700000000000-7".parse().expect("an offset");
+        assert_eq!(offset.epoch, "a1b2c3");
+        assert_eq!(
+            offset.entry,
+            EntryId {
+                ms: 1_700_000_000_000,
+                seq: 7
+            }
+        );
+        assert_eq!(offset.to_string(), "a1b2c3.1700000000000-7");
+        for bad in [
+            "", "a1", ".1-2", "a.1", "a.1-", "a.-1", "a-b.1-2", "a.1-2-3", "a.x-1",
+        ] {
+            assert!(bad.parse::<Offset>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn entry_ids_order_by_time_then_sequence() {
+        let parse = |s: &str| s.parse::<EntryId>().expect("an entry id");
+        assert!(parse("10-0") < parse("10-1"));
+        assert!(parse("9-99") < parse("10-0"));
+    }
+
+    #[test]
+    fn frames_put_the_offset_first() {
+        let offset: Offset = "e.1-0".parse().expect("an offset");
+        let frame = frame(r#"{"id":"x","data":{}}"#, &offset);
+        assert_eq!(frame, r#"{"offset":"e.1-0","id":"x","data":{}}"#);
+        let value: serde_json::Value = serde_json::from_str(&frame).expect("valid JSON");
+        assert_eq!(value["offset"], "e.1-0");
+    }
+
+    #[test]
+    fn channels_name_their_user() {
+        let user = UserId::new();
+        assert_eq!(channel_user(&channel(user)), Some(user));
+        assert_eq!(channel_user("notify.user.not-a-uuid"), None);
+        assert_eq!(channel_user("other"), None);
+    }
+
+    #[test]
+    fn excerpts_cut_at_characters() {
+        let long = "é".repeat(EXCERPT_CHARS + 5);
+        let cut = excerpt(&long);
+        assert_eq!(cut.chars().count(), EXCERPT_CHARS + 1);
+        assert!(cut.ends_with('…'));
+        assert_eq!(excerpt("short"), "short");
+    }
+}

@@ -1,0 +1,317 @@
+//! The notification relay: the JetStream durable consumer `relay-notifications` that turns
+//! events into per-user notifications on Redis (command -> log -> outbox -> JetStream ->
+//! **relay -> Redis** -> WebSocket hub).
+//!
+//! Events are taken in stream order, one at a time. An event that notifies someone
+//! (`events::notification::Trigger`) has its actor's name read from the event log as it
+//! was at that event (the relay keeps no copy and never calls the command API), then is
+//! published by [`publish`], and only then acknowledged. A crash in between makes the
+//! redelivery a duplicate the publish script drops. While Redis or Postgres is away the
+//! event is retried in place (it is not the event's fault), so nothing later overtakes
+//! it; an event that cannot be read at all goes to the dead-letter stream.
+
+pub mod publish;
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer};
+use clap::Args;
+use futures::StreamExt;
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use events::envelope;
+use events::event_log::{self, RecordedEvent};
+use events::notification::Trigger;
+use projectors::dead_letter_queue::{DeadLetterError, DeadLetterQueue, Letter};
+use projectors::projector::chain;
+
+pub use crate::publish::NotificationPublisher;
+
+/// The durable consumer's name.
+pub const CONSUMER: &str = "relay-notifications";
+/// How long JetStream waits for an ack before redelivering.
+pub const ACK_WAIT: Duration = Duration::from_secs(30);
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Where the relay reads from and writes to.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Postgres: the event log, read for the names notifications show.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/keel"
+    )]
+    pub database_url: String,
+
+    /// NATS with JetStream.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Redis: the `notify.user.<id>` channels and the users' histories.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// JetStream stream name (its dead-letter stream is `<name>_DLQ`).
+    #[arg(long, env = "KEEL_STREAM", default_value = "EVENTS")]
+    pub stream: String,
+
+    /// Subject prefix: events arrive on `<prefix>.<type>`.
+    #[arg(long, env = "KEEL_SUBJECT_PREFIX", default_value = "events")]
+    pub subject_prefix: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Database(#[from] events::database::OpenError),
+    #[error("invalid REDIS_URL")]
+    Redis(#[source] redis::RedisError),
+    #[error("invalid NATS_URL")]
+    Nats(#[source] async_nats::ConnectError),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error("the event stream {stream} is not available")]
+    Stream {
+        stream: String,
+        #[source]
+        source: jetstream::context::GetStreamError,
+    },
+    #[error("cannot create or open the durable consumer {CONSUMER}")]
+    Consumer(#[source] jetstream::stream::ConsumerError),
+    #[error("consuming the stream failed")]
+    Consume(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    DeadLetter(#[from] DeadLetterError),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum DeliverError {
+    #[error("reading the actor's name failed")]
+    Database(#[source] sqlx::Error),
+    #[error("publishing to Redis failed")]
+    Redis(#[source] redis::RedisError),
+}
+
+/// The relay, ready to run.
+pub struct Relay {
+    pool: PgPool,
+    jetstream: jetstream::Context,
+    redis: ConnectionManager,
+    publisher: NotificationPublisher,
+    stream: String,
+    subject_prefix: String,
+    dead_letters: DeadLetterQueue,
+}
+
+/// Opens Postgres (created and migrated if needed), NATS and Redis (both retried in the
+/// background while away).
+pub async fn build(config: &Config) -> Result<Relay, StartError> {
+    let pool = events::database::open(&config.database_url, 2).await?;
+    let redis = redis::Client::open(config.redis_url.as_str()).map_err(StartError::Redis)?;
+    let redis = ConnectionManager::new_with_config(
+        redis,
+        redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2))),
+    )
+    .await
+    .map_err(StartError::Redis)?;
+    let nats = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(config.nats_url.as_str())
+        .await
+        .map_err(StartError::Nats)?;
+    Ok(Relay {
+        pool,
+        jetstream: jetstream::new(nats),
+        redis,
+        publisher: NotificationPublisher::new(&config.stream),
+        stream: config.stream.clone(),
+        subject_prefix: config.subject_prefix.clone(),
+        dead_letters: DeadLetterQueue::of(&config.stream, &config.subject_prefix),
+    })
+}
+
+impl Relay {
+    /// Relays until `stop`; reconnects with backoff whatever fails. The event in hand is
+    /// finished (or left unacknowledged, for redelivery) first.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            match self.consume(&stop).await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(consumer = CONSUMER, error = %chain(&error), "relay paused; retrying")
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn consume(&mut self, stop: &CancellationToken) -> Result<(), RelayError> {
+        self.dead_letters.ensure(&self.jetstream).await?;
+        let stream = self
+            .jetstream
+            .get_stream(&self.stream)
+            .await
+            .map_err(|source| RelayError::Stream {
+                stream: self.stream.clone(),
+                source,
+            })?;
+        let consumer: consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                CONSUMER,
+                consumer::pull::Config {
+                    durable_name: Some(CONSUMER.to_owned()),
+                    filter_subject: format!("{}.>", self.subject_prefix),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: ACK_WAIT,
+                    // Never dropped by the server: an event waits until it is relayed.
+                    max_deliver: -1,
+                    max_ack_pending: 1000,
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(RelayError::Consumer)?;
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(200)
+            .messages()
+            .await
+            .map_err(|e| RelayError::Consume(Box::new(e)))?;
+        tracing::info!(consumer = CONSUMER, "relay consuming");
+        loop {
+            let next = tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                next = messages.next() => next,
+            };
+            let message = match next {
+                Some(Ok(message)) => message,
+                Some(Err(error)) => return Err(RelayError::Consume(Box::new(error))),
+                None => return Err(RelayError::Consume("the message stream ended".into())),
+            };
+            if !self.relay(&message, stop).await? {
+                return Ok(());
+            }
+            message
+                .ack()
+                .await
+                .map_err(|e| RelayError::Consume(e.to_string().into()))?;
+        }
+    }
+
+    /// Relays one message; `false` when stopped before it was done (left for redelivery).
+    async fn relay(
+        &mut self,
+        message: &jetstream::Message,
+        stop: &CancellationToken,
+    ) -> Result<bool, RelayError> {
+        let event = match envelope::from_bytes(&message.payload) {
+            Ok(event) => event,
+            Err(error) => {
+                self.dead_letter(message, None, &chain(&error)).await?;
+                return Ok(true);
+            }
+        };
+        let trigger = match event.decode() {
+            Ok(decoded) => Trigger::of(&decoded),
+            Err(error) => {
+                self.dead_letter(message, Some(&event), &chain(&error))
+                    .await?;
+                return Ok(true);
+            }
+        };
+        let Some(trigger) = trigger else {
+            return Ok(true);
+        };
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            match self.deliver(&event, trigger.clone()).await {
+                Ok(()) => return Ok(true),
+                Err(error) => tracing::warn!(
+                    consumer = CONSUMER,
+                    position = event.position.0,
+                    error = %chain(&error),
+                    "notification not relayed yet; retrying"
+                ),
+            }
+            // Still working on it: JetStream must not hand it to another instance.
+            let _ = message.ack_with(AckKind::Progress).await;
+            tokio::select! {
+                () = stop.cancelled() => return Ok(false),
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn deliver(
+        &mut self,
+        event: &RecordedEvent,
+        trigger: Trigger,
+    ) -> Result<(), DeliverError> {
+        let name = match trigger.actor() {
+            Some(actor) => event_log::user_name_before(&self.pool, actor, event.position)
+                .await
+                .map_err(DeliverError::Database)?,
+            None => None,
+        };
+        let addressed = trigger.address(event, name);
+        let offset = self
+            .publisher
+            .publish(&mut self.redis, &addressed, event.position)
+            .await
+            .map_err(DeliverError::Redis)?;
+        match offset {
+            Some(offset) => {
+                tracing::debug!(position = event.position.0, %offset, "notification relayed")
+            }
+            None => tracing::debug!(
+                position = event.position.0,
+                "notification relayed before; dropped"
+            ),
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        message: &jetstream::Message,
+        event: Option<&RecordedEvent>,
+        reason: &str,
+    ) -> Result<(), DeadLetterError> {
+        tracing::error!(
+            consumer = CONSUMER,
+            reason,
+            "event cannot be relayed; dead-lettered"
+        );
+        self.dead_letters
+            .publish(
+                &self.jetstream,
+                Letter {
+                    consumer: CONSUMER,
+                    reason,
+                    event_id: event.map(|e| e.event_id.to_string()),
+                    position: event.map(|e| e.position.0),
+                    stream_sequence: message
+                        .info()
+                        .map(|i| i.stream_sequence)
+                        .unwrap_or_default(),
+                    payload: message.payload.clone(),
+                },
+            )
+            .await
+    }
+}

@@ -1,0 +1,72 @@
+//! Publishing one notification: dedup, history and channel in one atomic Redis script.
+//!
+//! The script remembers the notification's id (a redelivered event gives the same id, and
+//! is dropped here), appends the notification to the user's history (trimmed to
+//! [`HISTORY_LEN`] by `XDEL`, so Redis records the newest entry it removed and the hub
+//! can tell a complete recovery from an incomplete one), and publishes it on the user's
+//! channel with its offset first. Because all of it is one script, a crash leaves either
+//! nothing or everything, and live delivery and history can never disagree on order.
+
+use events::ids::Position;
+use events::notification::{self, Addressed, HISTORY_LEN, Keys, SEEN_LEN};
+use redis::aio::ConnectionManager;
+
+const SCRIPT: &str = r#"
+local epoch = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'GET')
+if not epoch then epoch = ARGV[1] end
+if redis.call('ZADD', KEYS[3], 'NX', ARGV[3], ARGV[2]) == 0 then return false end
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[7]) - 1)
+local id = redis.call('XADD', KEYS[2], '*', 'n', ARGV[4])
+local excess = redis.call('XLEN', KEYS[2]) - tonumber(ARGV[6])
+if excess > 0 then
+  for _, entry in ipairs(redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', excess)) do
+    redis.call('XDEL', KEYS[2], entry[1])
+  end
+end
+local offset = epoch .. '.' .. id
+redis.call('PUBLISH', ARGV[5], '{"offset":"' .. offset .. '",' .. string.sub(ARGV[4], 2))
+return offset
+"#;
+
+/// Publishes notifications of one event stream.
+#[derive(Clone)]
+pub struct NotificationPublisher {
+    keys: Keys,
+    script: redis::Script,
+    /// Offered as the epoch when Redis has none (it lost its data, or is new).
+    candidate_epoch: String,
+}
+
+impl NotificationPublisher {
+    pub fn new(stream: &str) -> Self {
+        Self {
+            keys: Keys::of(stream),
+            script: redis::Script::new(SCRIPT),
+            candidate_epoch: notification::new_epoch(),
+        }
+    }
+
+    /// Publishes `addressed` (ordered among a user's notifications by `position`, the
+    /// event's) and returns its offset, or `None` when it was published before.
+    pub async fn publish(
+        &self,
+        redis: &mut ConnectionManager,
+        addressed: &Addressed,
+        position: Position,
+    ) -> Result<Option<String>, redis::RedisError> {
+        let user = addressed.recipient;
+        self.script
+            .key(self.keys.epoch())
+            .key(self.keys.history(user))
+            .key(self.keys.seen(user))
+            .arg(&self.candidate_epoch)
+            .arg(addressed.notification.id.to_string())
+            .arg(position.0)
+            .arg(addressed.notification.to_json())
+            .arg(notification::channel(user))
+            .arg(HISTORY_LEN)
+            .arg(SEEN_LEN)
+            .invoke_async(redis)
+            .await
+    }
+}

@@ -1,0 +1,320 @@
+//! Notifications under test: the relay in this process, WebSocket clients of
+//! `/ws/notifications`, and a notifier that publishes exactly as the relay does (its own
+//! script), for tests of the hub alone.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use events::ids::{EventId, Position, UserId};
+use events::notification::{Addressed, Notification};
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::TestApp;
+
+/// The relay's configuration for `app`'s database, stream, subjects and Redis.
+pub fn relay_config(app: &TestApp) -> relay::Config {
+    relay::Config {
+        database_url: app.database_url.clone(),
+        nats_url: app.nats_url.clone(),
+        redis_url: app.redis_url.clone(),
+        stream: app.stream.clone(),
+        subject_prefix: app.subject_prefix.clone(),
+    }
+}
+
+/// The relay, running in this process until stopped or dropped.
+pub struct RunningRelay {
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningRelay {
+    pub async fn start(app: &TestApp) -> Self {
+        let relay = relay::build(&relay_config(app))
+            .await
+            .expect("the relay starts");
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(relay.run(stop.clone()));
+        Self {
+            stop,
+            task: Some(task),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for RunningRelay {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// How a client authenticates.
+#[derive(Clone, Copy)]
+pub enum Auth<'a> {
+    Header(&'a str),
+    /// Browser style: subprotocols `keel.v1` and `bearer.<token>`.
+    Subprotocol(&'a str),
+    Nothing,
+}
+
+/// How a client connects.
+#[derive(Clone, Copy)]
+pub struct Connect<'a> {
+    pub auth: Auth<'a>,
+    /// Resume after this offset, by `Last-Event-ID` (or, with `Auth::Subprotocol`, by the
+    /// `last-event-id.<offset>` subprotocol).
+    pub resume: Option<&'a str>,
+    pub origin: Option<&'a str>,
+    /// A query string to append (e.g. a token, which must be refused).
+    pub query: Option<&'a str>,
+    /// A small socket receive buffer, so a client that stops reading backs up quickly.
+    pub small_receive_buffer: bool,
+}
+
+impl<'a> Connect<'a> {
+    pub fn header(token: &'a str) -> Self {
+        Self {
+            auth: Auth::Header(token),
+            resume: None,
+            origin: None,
+            query: None,
+            small_receive_buffer: false,
+        }
+    }
+
+    pub fn subprotocol(token: &'a str) -> Self {
+        Self {
+            auth: Auth::Subprotocol(token),
+            ..Self::header(token)
+        }
+    }
+
+    pub fn resuming(self, offset: &'a str) -> Self {
+        Self {
+            resume: Some(offset),
+            ..self
+        }
+    }
+}
+
+/// An upgrade the server refused: its status, and its problem body.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: u16,
+    pub body: Value,
+}
+
+type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A client socket on `/ws/notifications`.
+pub struct Socket {
+    ws: Stream,
+    /// The subprotocol the server selected.
+    pub protocol: Option<String>,
+}
+
+/// Opens a socket, or returns why the server refused the upgrade.
+pub async fn try_connect(base_url: &str, how: Connect<'_>) -> Result<Socket, Refused> {
+    let address = base_url.trim_start_matches("http://");
+    let url = match how.query {
+        Some(query) => format!("ws://{address}/ws/notifications?{query}"),
+        None => format!("ws://{address}/ws/notifications"),
+    };
+    let mut request = url.into_client_request().expect("a websocket request");
+    let headers = request.headers_mut();
+    let mut protocols = Vec::new();
+    match how.auth {
+        Auth::Header(token) => {
+            headers.insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("header"),
+            );
+        }
+        Auth::Subprotocol(token) => {
+            protocols.push("keel.v1".to_owned());
+            protocols.push(format!("bearer.{token}"));
+        }
+        Auth::Nothing => {}
+    }
+    if let Some(offset) = how.resume {
+        match how.auth {
+            Auth::Subprotocol(_) => protocols.push(format!("last-event-id.{offset}")),
+            _ => {
+                headers.insert("last-event-id", offset.parse().expect("header"));
+            }
+        }
+    }
+    if !protocols.is_empty() {
+        headers.insert(
+            "sec-websocket-protocol",
+            protocols.join(", ").parse().expect("header"),
+        );
+    }
+    if let Some(origin) = how.origin {
+        headers.insert("origin", origin.parse().expect("header"));
+    }
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    if how.small_receive_buffer {
+        socket
+            .set_recv_buffer_size(4096)
+            .expect("a receive buffer size");
+    }
+    let stream = socket
+        .connect(address.parse().expect("a socket address"))
+        .await
+        .expect("the app accepts connections");
+    let config = how.small_receive_buffer.then(|| {
+        WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .max_message_size(Some(1 << 20))
+    });
+    match tokio_tungstenite::client_async_with_config(
+        request,
+        MaybeTlsStream::Plain(stream),
+        config,
+    )
+    .await
+    {
+        Ok((ws, response)) => Ok(Socket {
+            ws,
+            protocol: response
+                .headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        }),
+        Err(tungstenite::Error::Http(response)) => Err(Refused {
+            status: response.status().as_u16(),
+            body: response
+                .body()
+                .as_deref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or_default(),
+        }),
+        Err(other) => panic!("websocket handshake failed: {other}"),
+    }
+}
+
+/// Opens a socket that must be accepted.
+pub async fn connect(app: &TestApp, how: Connect<'_>) -> Socket {
+    try_connect(&app.base_url, how)
+        .await
+        .unwrap_or_else(|refused| panic!("socket refused: {refused:?}"))
+}
+
+/// How long a test waits for one frame.
+pub const FRAME_WAIT: Duration = Duration::from_secs(15);
+
+impl Socket {
+    /// The next text frame as JSON; fails the test if none comes within `FRAME_WAIT`.
+    pub async fn next(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(FRAME_WAIT, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("no frame within {FRAME_WAIT:?}"));
+            match message {
+                Some(Ok(Message::Text(text))) => {
+                    return serde_json::from_str(&text).expect("a JSON frame");
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next `n` text frames.
+    pub async fn take(&mut self, n: usize) -> Vec<Value> {
+        let mut frames = Vec::with_capacity(n);
+        for _ in 0..n {
+            frames.push(self.next().await);
+        }
+        frames
+    }
+
+    /// Reads until the server closes the socket, within `within`: the close code, or
+    /// `None` if the connection ended without a close frame. Text frames are skipped.
+    pub async fn closed(&mut self, within: Duration) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("the socket was not closed within {within:?}"));
+            match message {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => return None,
+            }
+        }
+    }
+
+    /// Closes from the client side.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        let _ = self.ws.send(Message::Close(None)).await;
+    }
+}
+
+/// Publishes notifications exactly as the relay does (its script), without events.
+pub struct Notifier {
+    publisher: relay::NotificationPublisher,
+    redis: redis::aio::ConnectionManager,
+    next_position: i64,
+}
+
+impl Notifier {
+    pub async fn new(app: &TestApp) -> Self {
+        let client = redis::Client::open(app.redis_url.as_str()).expect("a redis url");
+        Self {
+            publisher: relay::NotificationPublisher::new(&app.stream),
+            redis: redis::aio::ConnectionManager::new(client)
+                .await
+                .expect("redis answers"),
+            next_position: 1,
+        }
+    }
+
+    /// A notification to `user` carrying `data`, as a fresh event would give.
+    pub fn notification(user: Uuid, data: Value) -> Addressed {
+        Addressed {
+            recipient: UserId(user),
+            notification: Notification {
+                id: Uuid::new_v4(),
+                kind: "test.note",
+                time: Utc::now(),
+                event_id: EventId::new(),
+                data,
+            },
+        }
+    }
+
+    /// Publishes `addressed`; its offset, or `None` if it was published before.
+    pub async fn publish(&mut self, addressed: &Addressed) -> Option<String> {
+        self.next_position += 1;
+        self.publisher
+            .publish(&mut self.redis, addressed, Position(self.next_position))
+            .await
+            .expect("publishing a notification")
+    }
+
+    /// Publishes a fresh notification to `user` with `data`; its offset.
+    pub async fn send(&mut self, user: Uuid, data: Value) -> String {
+        self.publish(&Self::notification(user, data))
+            .await
+            .expect("a fresh notification is published")
+    }
+}

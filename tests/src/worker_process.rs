@@ -1,0 +1,47 @@
+//! A worker binary (`projectors`, `relay`) as a child process on the test app's database,
+//! stream, subjects and Redis, for tests that SIGKILL it.
+
+use std::process::{Child, Command, Stdio};
+
+use crate::TestApp;
+
+pub struct WorkerProcess {
+    child: Child,
+}
+
+impl WorkerProcess {
+    /// Starts `target/debug/<binary>` (built by `cargo build --workspace --bins`).
+    pub fn spawn(binary: &str, app: &TestApp) -> Self {
+        let path = crate::api_process::binary_named(binary);
+        assert!(
+            path.exists(),
+            "{} is missing: run `cargo build --workspace --bins`",
+            path.display()
+        );
+        let child = Command::new(path)
+            .env("DATABASE_URL", &app.database_url)
+            .env("NATS_URL", &app.nats_url)
+            .env("REDIS_URL", &app.redis_url)
+            .env("KEEL_STREAM", &app.stream)
+            .env("KEEL_SUBJECT_PREFIX", &app.subject_prefix)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("the {binary} binary starts: {e}"));
+        Self { child }
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
