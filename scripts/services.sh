@@ -87,6 +87,14 @@ ensure_nats() {
   fi
 }
 
+# The browser test (tests/tests/browser.rs) drives headless Chromium.
+ensure_chromium() {
+  if ! command -v chromium >/dev/null; then
+    echo "installing Chromium…"
+    apt_install chromium
+  fi
+}
+
 ensure_services() {
   ensure_tools
   ensure_postgres

@@ -58,10 +58,18 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
          keel_outbox_published_total {published}\n\
          # HELP keel_publisher_leader 1 while this instance is the active publisher.\n\
          # TYPE keel_publisher_leader gauge\n\
-         keel_publisher_leader {leader}\n",
+         keel_publisher_leader {leader}\n\
+         # HELP keel_ws_sockets Notification sockets open on this instance.\n\
+         # TYPE keel_ws_sockets gauge\n\
+         keel_ws_sockets {sockets}\n\
+         # HELP keel_ws_evicted_total Sockets closed for being too slow (1013).\n\
+         # TYPE keel_ws_evicted_total counter\n\
+         keel_ws_evicted_total {evicted}\n",
         depth = (head.0 - checkpoint.0).max(0),
         published = m.published.load(Ordering::Relaxed),
         leader = u8::from(m.leader.load(Ordering::Relaxed)),
+        sockets = state.hub.sockets(),
+        evicted = state.hub.evictions(),
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }

@@ -8,13 +8,16 @@
 //! published by [`publish`], and only then acknowledged. A crash in between makes the
 //! redelivery a duplicate the publish script drops. While Redis or Postgres is away the
 //! event is retried in place (it is not the event's fault), so nothing later overtakes
-//! it; an event that cannot be read at all goes to the dead-letter stream.
+//! it; an event that cannot be read at all goes to the dead-letter stream. On start, what
+//! a crashed instance had received but not acknowledged is relayed first, in order.
 
 pub mod publish;
 
 use std::time::Duration;
 
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, AckKind, consumer};
+use bytes::Bytes;
 use clap::Args;
 use futures::StreamExt;
 use redis::aio::ConnectionManager;
@@ -168,7 +171,7 @@ impl Relay {
                 stream: self.stream.clone(),
                 source,
             })?;
-        let consumer: consumer::PullConsumer = stream
+        let mut consumer: consumer::PullConsumer = stream
             .get_or_create_consumer(
                 CONSUMER,
                 consumer::pull::Config {
@@ -185,6 +188,9 @@ impl Relay {
             )
             .await
             .map_err(RelayError::Consumer)?;
+        if !self.relay_in_flight(&stream, &mut consumer, stop).await? {
+            return Ok(());
+        }
         let mut messages = consumer
             .stream()
             .max_messages_per_batch(200)
@@ -202,7 +208,14 @@ impl Relay {
                 Some(Err(error)) => return Err(RelayError::Consume(Box::new(error))),
                 None => return Err(RelayError::Consume("the message stream ended".into())),
             };
-            if !self.relay(&message, stop).await? {
+            let sequence = message
+                .info()
+                .map(|i| i.stream_sequence)
+                .unwrap_or_default();
+            if !self
+                .relay(&message.payload, sequence, Some(&message), stop)
+                .await?
+            {
                 return Ok(());
             }
             message
@@ -212,23 +225,59 @@ impl Relay {
         }
     }
 
-    /// Relays one message; `false` when stopped before it was done (left for redelivery).
-    async fn relay(
+    /// Relays, in order and before anything newer, what an earlier instance received
+    /// but did not acknowledge (it may have crashed): JetStream would hand those out again
+    /// only after their ack wait, behind newer ones. They are read straight from the
+    /// stream; when JetStream redelivers them later, they are duplicates and dropped.
+    async fn relay_in_flight(
         &mut self,
-        message: &jetstream::Message,
+        stream: &jetstream::stream::Stream,
+        consumer: &mut consumer::PullConsumer,
         stop: &CancellationToken,
     ) -> Result<bool, RelayError> {
-        let event = match envelope::from_bytes(&message.payload) {
+        let info = consumer
+            .info()
+            .await
+            .map_err(|e| RelayError::Consume(Box::new(e)))?;
+        let (floor, delivered) = (
+            info.ack_floor.stream_sequence,
+            info.delivered.stream_sequence,
+        );
+        for sequence in floor + 1..=delivered {
+            let message = match stream.get_raw_message(sequence).await {
+                Ok(message) => message,
+                Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => continue,
+                Err(error) => return Err(RelayError::Consume(Box::new(error))),
+            };
+            if !self.relay(&message.payload, sequence, None, stop).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Relays one message; `false` when stopped before it was done (left for redelivery).
+    /// `message`, when it came from the consumer, is kept alive while Redis or Postgres
+    /// is away.
+    async fn relay(
+        &mut self,
+        payload: &Bytes,
+        stream_sequence: u64,
+        message: Option<&jetstream::Message>,
+        stop: &CancellationToken,
+    ) -> Result<bool, RelayError> {
+        let event = match envelope::from_bytes(payload) {
             Ok(event) => event,
             Err(error) => {
-                self.dead_letter(message, None, &chain(&error)).await?;
+                self.dead_letter(payload, stream_sequence, None, &chain(&error))
+                    .await?;
                 return Ok(true);
             }
         };
         let trigger = match event.decode() {
             Ok(decoded) => Trigger::of(&decoded),
             Err(error) => {
-                self.dead_letter(message, Some(&event), &chain(&error))
+                self.dead_letter(payload, stream_sequence, Some(&event), &chain(&error))
                     .await?;
                 return Ok(true);
             }
@@ -248,7 +297,9 @@ impl Relay {
                 ),
             }
             // Still working on it: JetStream must not hand it to another instance.
-            let _ = message.ack_with(AckKind::Progress).await;
+            if let Some(message) = message {
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
             tokio::select! {
                 () = stop.cancelled() => return Ok(false),
                 () = tokio::time::sleep(backoff) => {}
@@ -288,7 +339,8 @@ impl Relay {
 
     async fn dead_letter(
         &self,
-        message: &jetstream::Message,
+        payload: &Bytes,
+        stream_sequence: u64,
         event: Option<&RecordedEvent>,
         reason: &str,
     ) -> Result<(), DeadLetterError> {
@@ -305,11 +357,8 @@ impl Relay {
                     reason,
                     event_id: event.map(|e| e.event_id.to_string()),
                     position: event.map(|e| e.position.0),
-                    stream_sequence: message
-                        .info()
-                        .map(|i| i.stream_sequence)
-                        .unwrap_or_default(),
-                    payload: message.payload.clone(),
+                    stream_sequence,
+                    payload: payload.clone(),
                 },
             )
             .await

@@ -6,6 +6,7 @@
 //! Postgres, NATS or Redis; only the identity provider is faked (`dev-issuer`).
 
 pub mod api_process;
+pub mod browser;
 pub mod forge;
 pub mod jwks_server;
 pub mod nats_server;

@@ -311,6 +311,28 @@ impl Notifier {
             .expect("publishing a notification")
     }
 
+    /// Publishes to `user` once Redis takes it (it may be restarting), trying for at most
+    /// `within`; its offset.
+    pub async fn send_when_up(&mut self, user: Uuid, data: Value, within: Duration) -> String {
+        let addressed = Self::notification(user, data);
+        let deadline = tokio::time::Instant::now() + within;
+        let mut last = String::new();
+        while tokio::time::Instant::now() < deadline {
+            self.next_position += 1;
+            let attempt =
+                self.publisher
+                    .publish(&mut self.redis, &addressed, Position(self.next_position));
+            match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+                Ok(Ok(Some(offset))) => return offset,
+                Ok(Ok(None)) => panic!("a fresh notification was taken for a duplicate"),
+                Ok(Err(error)) => last = error.to_string(),
+                Err(_) => last = "no answer within 2 s".to_owned(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("Redis did not take a notification within {within:?}: {last}")
+    }
+
     /// Publishes a fresh notification to `user` with `data`; its offset.
     pub async fn send(&mut self, user: Uuid, data: Value) -> String {
         self.publish(&Self::notification(user, data))

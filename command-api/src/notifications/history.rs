@@ -63,6 +63,9 @@ pub enum HistoryError {
     Corrupt,
 }
 
+/// Tries of one read before the socket is closed (1011) or refused (503).
+const ATTEMPTS: u32 = 4;
+
 type Reply = (Option<String>, String, String, Vec<(String, Vec<String>)>);
 
 /// Reads histories; one multiplexed Redis connection shared by every socket.
@@ -84,22 +87,37 @@ impl History {
         })
     }
 
+    /// One read, tried [`ATTEMPTS`] times: right after Redis comes back, the first call
+    /// on the old connection fails while the connection manager reconnects.
     async fn read(
         &self,
         user: UserId,
         cursor: &Cursor,
         entries: bool,
     ) -> Result<Reply, HistoryError> {
-        let mut connection = self.connection.clone();
-        Ok(self
-            .script
-            .key(self.keys.epoch())
-            .key(self.keys.history(user))
-            .arg(cursor.epoch.as_deref().unwrap_or(""))
-            .arg(cursor.entry.to_string())
-            .arg(if entries { "entries" } else { "tail" })
-            .invoke_async(&mut connection)
-            .await?)
+        let mut pause = Duration::from_millis(50);
+        let mut attempt = 1;
+        loop {
+            let mut connection = self.connection.clone();
+            let read = self
+                .script
+                .key(self.keys.epoch())
+                .key(self.keys.history(user))
+                .arg(cursor.epoch.as_deref().unwrap_or(""))
+                .arg(cursor.entry.to_string())
+                .arg(if entries { "entries" } else { "tail" })
+                .invoke_async(&mut connection)
+                .await;
+            match read {
+                Ok(reply) => return Ok(reply),
+                Err(error) if attempt >= ATTEMPTS => return Err(error.into()),
+                Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    attempt += 1;
+                }
+            }
+        }
     }
 
     /// The place of a socket that starts live: the newest notification so far.

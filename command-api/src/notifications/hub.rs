@@ -152,6 +152,11 @@ impl Hub {
         self.evictions.load(Ordering::Relaxed)
     }
 
+    /// Counts a socket closed for being too slow (1013).
+    pub fn record_eviction(&self) {
+        self.evictions.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Hands a published message to the sockets of its user, never waiting.
     fn fan_out(&self, channel: &str, payload: &[u8]) {
         let Some(user) = notification::channel_user(channel) else {
@@ -180,7 +185,6 @@ impl Hub {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 socket.evicted.cancel();
-                self.evictions.fetch_add(1, Ordering::Relaxed);
                 self.sockets.fetch_sub(1, Ordering::Relaxed);
                 false
             }

@@ -27,6 +27,7 @@ use axum::routing::get;
 use crate::error::{ApiError, FieldError, problem};
 use crate::state::AppState;
 use events::notification::Offset;
+use history::Cursor;
 use session::Session;
 
 /// The subprotocol the server speaks (and the only one it ever selects).
@@ -137,11 +138,21 @@ async fn open(
             ));
         }
     };
+    let cursor = match resume {
+        Some(offset) => Cursor::at(offset),
+        None => hub.history.tail(principal.user_id).await.map_err(|error| {
+            tracing::warn!(error = %error, "notification history unavailable");
+            ApiError::Unavailable {
+                dependency: "redis",
+                retry_after_secs: 1,
+            }
+        })?,
+    };
     let session = Session {
         hub: hub.clone(),
         user: principal.user_id,
         expires_at: principal.expires_at,
-        resume,
+        cursor,
     };
     let tracker = hub.sessions.clone();
     Ok(upgrade

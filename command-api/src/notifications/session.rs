@@ -15,7 +15,7 @@ use futures::{SinkExt, StreamExt};
 use super::history::{CatchUp, Cursor};
 use super::hub::{Hub, Live, Registration};
 use events::ids::UserId;
-use events::notification::{self, Offset};
+use events::notification;
 
 /// How often the server pings; a socket that answered nothing for two of them is dropped.
 pub const PING_EVERY: Duration = Duration::from_secs(20);
@@ -34,8 +34,10 @@ pub struct Session {
     pub user: UserId,
     /// The token's `exp` (Unix seconds).
     pub expires_at: i64,
-    /// The offset to resume after, if the client sent one.
-    pub resume: Option<Offset>,
+    /// Where the socket starts: the offset the client resumes after, or the newest
+    /// notification when it connected (read before the upgrade was accepted, so nothing
+    /// published after the client saw its socket open is missed).
+    pub cursor: Cursor,
 }
 
 /// Why a session ends.
@@ -55,6 +57,9 @@ impl Session {
             .serve(&mut registration, &mut sink, &mut incoming)
             .await;
         if let End::Close(code, reason) = end {
+            if code == TRY_AGAIN_LATER {
+                self.hub.record_eviction();
+            }
             let frame = CloseFrame {
                 code,
                 reason: Utf8Bytes::from_static(reason),
@@ -70,17 +75,11 @@ impl Session {
         sink: &mut Sink,
         incoming: &mut futures::stream::SplitStream<WebSocket>,
     ) -> End {
-        let mut cursor = match &self.resume {
-            Some(offset) => Cursor::at(offset.clone()),
-            None => match self.hub.history.tail(self.user).await {
-                Ok(cursor) => cursor,
-                Err(error) => return self.unavailable(&error),
-            },
-        };
-        if self.resume.is_some() {
-            if let Err(end) = self.catch_up(registration, sink, &mut cursor).await {
-                return end;
-            }
+        // Registered first, then the history read: whatever is published meanwhile is
+        // in the history, in the queue, or both (and then dropped by the cursor).
+        let mut cursor = self.cursor.clone();
+        if let Err(end) = self.catch_up(registration, sink, &mut cursor).await {
+            return end;
         }
         // Mark the current generation seen: the history was just read.
         registration.generation.borrow_and_update();
