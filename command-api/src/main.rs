@@ -25,13 +25,7 @@ struct Republish {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    events::process::init_logging();
     if std::env::args().nth(1).as_deref() == Some("republish") {
         let args = Republish::parse_from(std::env::args().skip(1));
         let pool = sqlx::PgPool::connect(&args.database_url).await?;
@@ -44,25 +38,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let config = Config::parse();
     let app = command_api::build(config).await?;
-    app.run_until_stopped(shutdown_signal()).await?;
+    app.run_until_stopped(events::process::shutdown_signal())
+        .await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down");
 }

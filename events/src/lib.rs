@@ -11,6 +11,7 @@
 //! - [`envelope`]: the CloudEvents 1.0 form of a logged event.
 //! - [`notification`]: what the relay derives from events, its Redis keys and offsets.
 //! - [`outbox`]: the publisher's checkpoint and republish requests (the log is the outbox).
+//! - [`process`]: logging and the stop signal, the same in every binary.
 //! - [`read_model`]: the projections, where their models live, how far each has applied.
 //! - [`MIGRATOR`]: the schema, owned by `events/migrations`.
 
@@ -21,6 +22,7 @@ pub mod event_log;
 pub mod ids;
 pub mod notification;
 pub mod outbox;
+pub mod process;
 pub mod read_model;
 
 /// Every table Keel owns. Run on start by each binary; safe to run concurrently.

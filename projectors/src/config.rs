@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-/// Where the projectors read from and write to.
+/// Where the projectors (and the relay) read from and write to.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Postgres: the event log (read) and the read models (written). Created and migrated
@@ -24,7 +24,7 @@ pub struct Config {
     )]
     pub nats_url: String,
 
-    /// Redis: the UI cache the projectors invalidate.
+    /// Redis: the UI cache the projectors invalidate, the relay's notification channels.
     #[arg(
         long,
         env = "REDIS_URL",

@@ -99,23 +99,3 @@ impl Workers {
         while running.join_next().await.is_some() {}
     }
 }
-
-/// Resolves on SIGTERM or Ctrl-C (the workers' and the relay's stop signal).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down; finishing the work in hand");
-}

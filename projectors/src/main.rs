@@ -73,14 +73,7 @@ enum DeadLetterAction {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    events::process::init_logging();
     let cli = Cli::parse();
     let config = cli.config;
     match cli.command.unwrap_or(Command::Run { only: vec![] }) {
@@ -92,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
             };
             let workers = projectors::build(&config, &projections).await?;
             workers
-                .run_until_stopped(projectors::shutdown_signal())
+                .run_until_stopped(events::process::shutdown_signal())
                 .await;
         }
         Command::Rebuild { name } => {

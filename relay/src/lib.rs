@@ -18,7 +18,6 @@ use std::time::Duration;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, AckKind, consumer};
 use bytes::Bytes;
-use clap::Args;
 use futures::StreamExt;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
@@ -29,6 +28,7 @@ use events::event_log::{self, RecordedEvent};
 use events::notification::Trigger;
 use projectors::dead_letter_queue::{DeadLetterError, DeadLetterQueue, Letter};
 use projectors::projector::chain;
+pub use projectors::{Config, StartError};
 
 pub use crate::publish::NotificationPublisher;
 
@@ -38,44 +38,6 @@ pub const CONSUMER: &str = "relay-notifications";
 pub const ACK_WAIT: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-
-/// Where the relay reads from and writes to.
-#[derive(Debug, Clone, Args)]
-pub struct Config {
-    /// Postgres: the event log, read for the names notifications show.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/keel"
-    )]
-    pub database_url: String,
-
-    /// NATS with JetStream.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-
-    /// Redis: the `notify.user.<id>` channels and the users' histories.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
-
-    /// JetStream stream name (its dead-letter stream is `<name>_DLQ`).
-    #[arg(long, env = "KEEL_STREAM", default_value = "EVENTS")]
-    pub stream: String,
-
-    /// Subject prefix: events arrive on `<prefix>.<type>`.
-    #[arg(long, env = "KEEL_SUBJECT_PREFIX", default_value = "events")]
-    pub subject_prefix: String,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Database(#[from] events::database::OpenError),
-    #[error("invalid REDIS_URL")]
-    Redis(#[source] redis::RedisError),
-    #[error("invalid NATS_URL")]
-    Nats(#[source] async_nats::ConnectError),
-}
 
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
@@ -112,18 +74,18 @@ pub struct Relay {
     dead_letters: DeadLetterQueue,
 }
 
-/// Opens Postgres (created and migrated if needed), NATS and Redis (both retried in the
-/// background while away).
+/// Opens Postgres (created and migrated if needed), NATS and Redis (both retried while
+/// away).
 pub async fn build(config: &Config) -> Result<Relay, StartError> {
     let pool = events::database::open(&config.database_url, 2).await?;
     let redis = redis::Client::open(config.redis_url.as_str()).map_err(StartError::Redis)?;
-    let redis = ConnectionManager::new_with_config(
+    // Lazy: the relay starts while Redis is away, and retries the event in hand.
+    let redis = ConnectionManager::new_lazy_with_config(
         redis,
         redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2))),
     )
-    .await
     .map_err(StartError::Redis)?;
     let nats = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()

@@ -11,24 +11,17 @@ use tokio_util::sync::CancellationToken;
 #[command(name = "relay", version)]
 struct Cli {
     #[command(flatten)]
-    config: relay::Config,
+    config: projectors::Config,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    events::process::init_logging();
     let cli = Cli::parse();
     let relay = relay::build(&cli.config).await?;
     let stop = CancellationToken::new();
     let running = tokio::spawn(relay.run(stop.clone()));
-    projectors::shutdown_signal().await;
+    events::process::shutdown_signal().await;
     stop.cancel();
     running.await?;
     Ok(())

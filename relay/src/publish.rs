@@ -33,8 +33,6 @@ return offset
 pub struct NotificationPublisher {
     keys: Keys,
     script: redis::Script,
-    /// Offered as the epoch when Redis has none (it lost its data, or is new).
-    candidate_epoch: String,
 }
 
 impl NotificationPublisher {
@@ -42,7 +40,6 @@ impl NotificationPublisher {
         Self {
             keys: Keys::of(stream),
             script: redis::Script::new(SCRIPT),
-            candidate_epoch: notification::new_epoch(),
         }
     }
 
@@ -59,7 +56,9 @@ impl NotificationPublisher {
             .key(self.keys.epoch())
             .key(self.keys.history(user))
             .key(self.keys.seen(user))
-            .arg(&self.candidate_epoch)
+            // The epoch Redis takes if it has none (it is new, or lost its data): fresh
+            // each time, so that a loss is never mistaken for the life before it.
+            .arg(notification::new_epoch())
             .arg(addressed.notification.id.to_string())
             .arg(position.0)
             .arg(addressed.notification.to_json())

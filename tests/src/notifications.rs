@@ -19,17 +19,6 @@ use uuid::Uuid;
 
 use crate::TestApp;
 
-/// The relay's configuration for `app`'s database, stream, subjects and Redis.
-pub fn relay_config(app: &TestApp) -> relay::Config {
-    relay::Config {
-        database_url: app.database_url.clone(),
-        nats_url: app.nats_url.clone(),
-        redis_url: app.redis_url.clone(),
-        stream: app.stream.clone(),
-        subject_prefix: app.subject_prefix.clone(),
-    }
-}
-
 /// The relay, running in this process until stopped or dropped.
 pub struct RunningRelay {
     stop: CancellationToken,
@@ -38,7 +27,7 @@ pub struct RunningRelay {
 
 impl RunningRelay {
     pub async fn start(app: &TestApp) -> Self {
-        let relay = relay::build(&relay_config(app))
+        let relay = relay::build(&crate::projections::config(app))
             .await
             .expect("the relay starts");
         let stop = CancellationToken::new();

@@ -643,6 +643,11 @@ async fn the_hub_resubscribes_after_redis_restarts() {
     assert_eq!(socket.next().await["offset"], before.as_str());
 
     redis_server.stop();
+    let refused = try_connect(&app.base_url, Connect::header(&token))
+        .await
+        .err()
+        .expect("no socket can start without its history");
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
     redis_server.start_again().await.unwrap();
     let after = notifier
         .send_when_up(user, json!({ "n": 1 }), Duration::from_secs(30))

@@ -211,15 +211,21 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer_token(parts).ok_or(ApiError::Unauthenticated)?;
-        let principal = state
-            .verifier
-            .verify(token)
-            .await
-            .map_err(|reason| ApiError::Unauthorized(reason.to_owned()))?;
-        tracing::Span::current().record("user_id", tracing::field::display(principal.user_id));
-        Ok(principal)
+        authenticate(state, bearer_token(parts)).await
     }
+}
+
+/// The caller of `token` (none sent: 401 without an error code), recorded on the
+/// request's span.
+pub async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Principal, ApiError> {
+    let token = token.ok_or(ApiError::Unauthenticated)?;
+    let principal = state
+        .verifier
+        .verify(token)
+        .await
+        .map_err(|reason| ApiError::Unauthorized(reason.to_owned()))?;
+    tracing::Span::current().record("user_id", tracing::field::display(principal.user_id));
+    Ok(principal)
 }
 
 /// The token of an `Authorization: Bearer <token>` header.

@@ -106,15 +106,8 @@ async fn open(
         }
     }
     let offered = offered(&headers);
-    let token = crate::auth::bearer_token_in(&headers)
-        .or(offered.token)
-        .ok_or(ApiError::Unauthenticated)?;
-    let principal = state
-        .verifier
-        .verify(token)
-        .await
-        .map_err(|reason| ApiError::Unauthorized(reason.to_owned()))?;
-    tracing::Span::current().record("user_id", tracing::field::display(principal.user_id));
+    let token = crate::auth::bearer_token_in(&headers).or(offered.token);
+    let principal = crate::auth::authenticate(&state, token).await?;
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
