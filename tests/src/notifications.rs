@@ -251,6 +251,14 @@ impl Socket {
         }
     }
 
+    /// Sends a text frame (clients have nothing to say; the server ignores small ones).
+    pub async fn say(&mut self, text: String) {
+        self.ws
+            .send(Message::text(text))
+            .await
+            .expect("the frame goes out");
+    }
+
     /// Closes from the client side.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;

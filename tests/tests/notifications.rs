@@ -599,6 +599,22 @@ async fn a_client_that_stops_reading_is_disconnected_and_slows_nobody() {
     app.stop().await;
 }
 
+/// Clients only ever answer pings: a small frame is ignored, an oversized one ends the
+/// socket (the server reads at most 4 KiB).
+#[tokio::test]
+async fn an_oversized_client_frame_ends_the_socket() {
+    let app = TestApp::spawn().await.unwrap();
+    let (user, token) = user_token(&app);
+    let mut socket = connect(&app, Connect::header(&token)).await;
+    let mut notifier = Notifier::new(&app).await;
+    socket.say("hello".to_owned()).await;
+    assert_nothing_more(&mut notifier, user, &mut [&mut socket]).await;
+    socket.say("x".repeat(64 * 1024)).await;
+    let code = socket.closed(Duration::from_secs(30)).await;
+    assert!(matches!(code, Some(1009) | None), "closed with {code:?}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_socket_closes_with_4001_when_its_token_expires() {
     let app = TestApp::spawn().await.unwrap();
