@@ -25,8 +25,13 @@ use crate::ids::{EventId, UserId};
 pub const CHANNEL_PATTERN: &str = "notify.user.*";
 const CHANNEL_PREFIX: &str = "notify.user.";
 
-/// How many notifications a user's history keeps (the contract asks for at least 100).
-pub const HISTORY_LEN: usize = 200;
+/// How many notifications a user's history keeps (the contract asks for at least 100;
+/// PROMISES P11 has a client miss 500 while away).
+pub const HISTORY_LEN: usize = 1000;
+
+/// A user's history (and dedup memory) is dropped after this long without a
+/// notification; a client resuming after that gets `recovery.incomplete`.
+pub const HISTORY_TTL_SECS: u64 = 30 * 24 * 3600;
 
 /// How many of a user's latest notification ids are remembered to drop a redelivery.
 pub const SEEN_LEN: usize = 1000;

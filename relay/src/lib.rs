@@ -8,8 +8,10 @@
 //! published by [`publish`], and only then acknowledged. A crash in between makes the
 //! redelivery a duplicate the publish script drops. While Redis or Postgres is away the
 //! event is retried in place (it is not the event's fault), so nothing later overtakes
-//! it; an event that cannot be read at all goes to the dead-letter stream. On start, what
-//! a crashed instance had received but not acknowledged is relayed first, in order.
+//! it; an event that cannot be read at all goes to the dead-letter stream. One instance
+//! is active at a time (the others wait on a Postgres lock and take over within seconds);
+//! on taking over, what the previous one had received but not acknowledged is relayed
+//! first, in order.
 
 pub mod publish;
 
@@ -20,7 +22,7 @@ use async_nats::jetstream::{self, AckKind, consumer};
 use bytes::Bytes;
 use futures::StreamExt;
 use redis::aio::ConnectionManager;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use events::envelope;
@@ -35,7 +37,12 @@ pub use crate::publish::NotificationPublisher;
 /// The durable consumer's name.
 pub const CONSUMER: &str = "relay-notifications";
 /// How long JetStream waits for an ack before redelivering.
-pub const ACK_WAIT: Duration = Duration::from_secs(30);
+pub const ACK_WAIT: Duration = Duration::from_secs(10);
+/// How often a waiting instance tries to become the active relay, and the active one
+/// proves it still is.
+pub const LEADER_POLL: Duration = Duration::from_secs(1);
+/// How long the active relay's lock session may stay silent before Postgres ends it.
+pub const LEADER_IDLE: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -53,6 +60,8 @@ enum RelayError {
     Consume(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
     DeadLetter(#[from] DeadLetterError),
+    #[error("lost or could not take the relay's lock")]
+    Leadership(#[source] sqlx::Error),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +81,8 @@ pub struct Relay {
     stream: String,
     subject_prefix: String,
     dead_letters: DeadLetterQueue,
+    /// While this instance is the active relay: the session that holds the lock.
+    leader: Option<PgConnection>,
 }
 
 /// Opens Postgres (created and migrated if needed), NATS and Redis (both retried while
@@ -100,6 +111,7 @@ pub async fn build(config: &Config) -> Result<Relay, StartError> {
         stream: config.stream.clone(),
         subject_prefix: config.subject_prefix.clone(),
         dead_letters: DeadLetterQueue::of(&config.stream, &config.subject_prefix),
+        leader: None,
     })
 }
 
@@ -123,7 +135,57 @@ impl Relay {
         }
     }
 
+    /// Waits until this instance is the active relay: one at a time, so that a user's
+    /// notifications keep the order of their events. The lock is a Postgres session
+    /// advisory lock; a leader that dies or freezes loses its session (and the lock)
+    /// within [`LEADER_IDLE`], and a waiting instance takes over.
+    async fn lead(&mut self, stop: &CancellationToken) -> Result<bool, RelayError> {
+        self.leader = None;
+        let mut session = self
+            .pool
+            .acquire()
+            .await
+            .map_err(RelayError::Leadership)?
+            .detach();
+        let idle = format!("SET idle_session_timeout = '{}ms'", LEADER_IDLE.as_millis());
+        if let Err(error) = sqlx::query(&idle).execute(&mut session).await {
+            tracing::warn!(error = %error, "idle_session_timeout unsupported (Postgres < 14): a frozen relay keeps the lock");
+        }
+        loop {
+            let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+                .bind(format!("{CONSUMER}:{}", self.stream))
+                .fetch_one(&mut session)
+                .await
+                .map_err(RelayError::Leadership)?;
+            if acquired {
+                tracing::info!(consumer = CONSUMER, "this instance is the active relay");
+                self.leader = Some(session);
+                return Ok(true);
+            }
+            tokio::select! {
+                () = stop.cancelled() => return Ok(false),
+                () = tokio::time::sleep(LEADER_POLL) => {}
+            }
+        }
+    }
+
+    /// Proves the lock is still held (and keeps its session from idling out).
+    async fn still_leading(&mut self) -> Result<(), RelayError> {
+        let session = self
+            .leader
+            .as_mut()
+            .ok_or_else(|| RelayError::Consume("not the active relay".into()))?;
+        sqlx::query("SELECT 1")
+            .execute(session)
+            .await
+            .map(drop)
+            .map_err(RelayError::Leadership)
+    }
+
     async fn consume(&mut self, stop: &CancellationToken) -> Result<(), RelayError> {
+        if !self.lead(stop).await? {
+            return Ok(());
+        }
         self.dead_letters.ensure(&self.jetstream).await?;
         let stream = self
             .jetstream
@@ -160,9 +222,14 @@ impl Relay {
             .await
             .map_err(|e| RelayError::Consume(Box::new(e)))?;
         tracing::info!(consumer = CONSUMER, "relay consuming");
+        let mut keepalive = tokio::time::interval(LEADER_POLL);
         loop {
             let next = tokio::select! {
                 () = stop.cancelled() => return Ok(()),
+                _ = keepalive.tick() => {
+                    self.still_leading().await?;
+                    continue;
+                }
                 next = messages.next() => next,
             };
             let message = match next {
@@ -258,10 +325,11 @@ impl Relay {
                     "notification not relayed yet; retrying"
                 ),
             }
-            // Still working on it: JetStream must not hand it to another instance.
+            // Still working on it: JetStream must not hand it out again meanwhile.
             if let Some(message) = message {
                 let _ = message.ack_with(AckKind::Progress).await;
             }
+            self.still_leading().await?;
             tokio::select! {
                 () = stop.cancelled() => return Ok(false),
                 () = tokio::time::sleep(backoff) => {}

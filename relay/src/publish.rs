@@ -3,12 +3,13 @@
 //! The script remembers the notification's id (a redelivered event gives the same id, and
 //! is dropped here), appends the notification to the user's history (trimmed to
 //! [`HISTORY_LEN`] by `XDEL`, so Redis records the newest entry it removed and the hub
-//! can tell a complete recovery from an incomplete one), and publishes it on the user's
+//! can tell a complete recovery from an incomplete one; both keys expire after
+//! [`HISTORY_TTL_SECS`] without news), and publishes it on the user's
 //! channel with its offset first. Because all of it is one script, a crash leaves either
 //! nothing or everything, and live delivery and history can never disagree on order.
 
 use events::ids::Position;
-use events::notification::{self, Addressed, HISTORY_LEN, Keys, SEEN_LEN};
+use events::notification::{self, Addressed, HISTORY_LEN, HISTORY_TTL_SECS, Keys, SEEN_LEN};
 use redis::aio::ConnectionManager;
 
 const SCRIPT: &str = r#"
@@ -23,6 +24,8 @@ if excess > 0 then
     redis.call('XDEL', KEYS[2], entry[1])
   end
 end
+redis.call('EXPIRE', KEYS[2], ARGV[8])
+redis.call('EXPIRE', KEYS[3], ARGV[8])
 local offset = epoch .. '.' .. id
 redis.call('PUBLISH', ARGV[5], '{"offset":"' .. offset .. '",' .. string.sub(ARGV[4], 2))
 return offset
@@ -65,6 +68,7 @@ impl NotificationPublisher {
             .arg(notification::channel(user))
             .arg(HISTORY_LEN)
             .arg(SEEN_LEN)
+            .arg(HISTORY_TTL_SECS)
             .invoke_async(redis)
             .await
     }

@@ -32,6 +32,16 @@ impl WorkerProcess {
         Self { child }
     }
 
+    /// Sends a signal by name (`STOP` freezes the process, `CONT` resumes it).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
     /// SIGKILL: no shutdown, no flush.
     pub fn kill(mut self) {
         let _ = self.child.kill();

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use dev_issuer::{Alg, TokenRequest};
-use events::notification::{HISTORY_LEN, Keys};
+use events::notification::HISTORY_LEN;
 use keel_tests::notifications::{Connect, Notifier, RunningRelay, Socket, connect, try_connect};
 use keel_tests::redis_server::RedisServer;
 use keel_tests::test_app::{mint, test_config};
@@ -135,121 +135,166 @@ async fn the_relay_notifies_post_authors_and_users_whose_roles_change() {
     app.stop().await;
 }
 
-/// P10: 40 users with two sockets each, on two hub instances, one socket by header and
-/// one by subprotocol; 1,200 notifications to random users whose payloads name other
+/// P10: 50 users with two sockets each (one by header, one by subprotocol) spread over
+/// three hub instances; 10,000 notifications to random users whose payloads name other
 /// users' ids and channels. Every socket gets exactly its user's, in order.
 #[tokio::test]
 async fn a_user_only_ever_receives_its_own_notifications() {
+    const USERS: usize = 50;
+    const NOTIFICATIONS: u32 = 10_000;
     let first = TestApp::spawn().await.unwrap();
-    let jwks = JwksServer::start().await.unwrap();
-    let mut config = test_config(first.database_url.clone(), &jwks);
-    config.stream = first.stream.clone();
-    config.subject_prefix = first.subject_prefix.clone();
-    let second = TestApp::spawn_with(config, jwks).await.unwrap();
-
-    let users: Vec<(Uuid, String)> = (0..40).map(|_| user_token(&first)).collect();
-    let mut sockets = Vec::new();
-    for (user, token) in &users {
-        let by_header = connect(&first, Connect::header(token)).await;
-        let by_subprotocol = connect(&second, Connect::subprotocol(token)).await;
-        sockets.push((*user, by_header, by_subprotocol));
+    let mut hubs = vec![first];
+    for _ in 0..2 {
+        let jwks = JwksServer::start().await.unwrap();
+        let mut config = test_config(hubs[0].database_url.clone(), &jwks);
+        config.stream = hubs[0].stream.clone();
+        config.subject_prefix = hubs[0].subject_prefix.clone();
+        hubs.push(TestApp::spawn_with(config, jwks).await.unwrap());
     }
-    let mut notifier = Notifier::new(&first).await;
+    let users: Vec<(Uuid, String)> = (0..USERS).map(|_| user_token(&hubs[0])).collect();
+    let mut notifier = Notifier::new(&hubs[0]).await;
     let mut sent: BTreeMap<Uuid, Vec<u32>> = BTreeMap::new();
     let mut rng = rand::thread_rng();
-    for seq in 0..1200u32 {
-        let to = users[rng.gen_range(0..users.len())].0;
-        let other = users[rng.gen_range(0..users.len())].0;
-        notifier
-            .send(to, json!({ "to": to, "seq": seq, "sub": other, "channel": format!("notify.user.{other}") }))
-            .await;
+    let mut plan = Vec::new();
+    for seq in 0..NOTIFICATIONS {
+        let to = users[rng.gen_range(0..USERS)].0;
+        let other = users[rng.gen_range(0..USERS)].0;
         sent.entry(to).or_default().push(seq);
+        plan.push((to, json!({ "to": to, "seq": seq, "sub": other, "channel": format!("notify.user.{other}") })));
     }
-    for (user, by_header, by_subprotocol) in &mut sockets {
-        let expected = sent.get(user).cloned().unwrap_or_default();
-        for socket in [&mut *by_header, &mut *by_subprotocol] {
-            let frames = socket.take(expected.len()).await;
-            let got: Vec<u32> = frames
-                .iter()
-                .map(|f| {
-                    assert_eq!(f["data"]["to"], user.to_string(), "socket of {user}: {f}");
-                    f["data"]["seq"].as_u64().unwrap() as u32
-                })
-                .collect();
-            assert_eq!(
-                got, expected,
-                "socket of {user}: wrong notifications or order"
-            );
+    // Each socket reads in its own task while the notifications go out.
+    let mut readers = Vec::new();
+    for (i, (user, token)) in users.iter().enumerate() {
+        let expected = sent.get(user).map_or(0, Vec::len);
+        for (j, how) in [Connect::header(token), Connect::subprotocol(token)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut socket = connect(&hubs[(2 * i + j) % hubs.len()], how).await;
+            let user = *user;
+            readers.push(tokio::spawn(async move {
+                let frames = socket.take(expected).await;
+                (user, socket, frames)
+            }));
         }
-        assert_nothing_more(&mut notifier, *user, &mut [by_header, by_subprotocol]).await;
     }
-    second.stop_keeping_stream().await;
+    for (to, data) in plan {
+        notifier.send(to, data).await;
+    }
+    let mut sockets: BTreeMap<Uuid, Vec<Socket>> = BTreeMap::new();
+    for reader in readers {
+        let (user, socket, frames) = reader.await.unwrap();
+        let got: Vec<u32> = frames
+            .iter()
+            .map(|f| {
+                assert_eq!(
+                    f["data"]["to"],
+                    user.to_string(),
+                    "a socket of {user} got {f}"
+                );
+                f["data"]["seq"].as_u64().unwrap() as u32
+            })
+            .collect();
+        assert_eq!(
+            Some(&got),
+            sent.get(&user).or(Some(&Vec::new())),
+            "a socket of {user}"
+        );
+        sockets.entry(user).or_default().push(socket);
+    }
+    for (user, sockets) in &mut sockets {
+        let mut sockets: Vec<&mut Socket> = sockets.iter_mut().collect();
+        assert_nothing_more(&mut notifier, *user, &mut sockets).await;
+    }
+    let mut hubs = hubs.into_iter();
+    let first = hubs.next().unwrap();
+    for hub in hubs {
+        hub.stop_keeping_stream().await;
+    }
     first.stop().await;
 }
 
-/// The relay binary SIGKILLed three times while comments are being written: every
-/// comment notifies the post's author exactly once.
+/// The relay's consumer, as JetStream sees it: (pending, acknowledgements pending).
+async fn relay_consumer(app: &TestApp) -> Result<(u64, usize), String> {
+    let nats = async_nats::connect(&app.nats_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        async_nats::jetstream::new(nats)
+            .get_stream(&app.stream)
+            .await
+            .map_err(|e| e.to_string())?
+            .get_consumer(relay::CONSUMER)
+            .await
+            .map_err(|e| e.to_string())?;
+    let info = consumer.info().await.map_err(|e| e.to_string())?;
+    Ok((info.num_pending, info.num_ack_pending))
+}
+
+/// Two relay binaries (one active, one waiting on the lock); three times, while four
+/// writers add comments, both are frozen until the active one holds unacknowledged
+/// events, then one is SIGKILLed. Every comment notifies the author exactly once, in
+/// the order of the log.
 #[tokio::test]
-async fn a_relay_killed_mid_stream_delivers_every_notification_exactly_once() {
-    const COMMENTS: usize = 150;
+async fn relays_killed_mid_stream_deliver_every_notification_exactly_once_in_order() {
+    const WRITERS: usize = 4;
+    const PER_WRITER: usize = 60;
     let app = TestApp::spawn().await.unwrap();
     let (author, author_token) = app.register("Ada Author").await;
-    let (_, reader_token) = app.register("Rita Reader").await;
     let post = app.published_post(&author_token).await;
     let mut socket = connect(&app, Connect::header(&author_token)).await;
-    let mut relay = WorkerProcess::spawn("relay", &app);
-
-    let writer = {
-        let (client, url, token) = (
+    let mut relays = [
+        WorkerProcess::spawn("relay", &app),
+        WorkerProcess::spawn("relay", &app),
+    ];
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let (_, token) = app.register(&format!("Writer {w}")).await;
+        let (client, url) = (
             app.client.clone(),
             app.url(&format!("/api/posts/{post}/comments")),
-            reader_token.clone(),
         );
-        tokio::spawn(async move {
-            for i in 0..COMMENTS {
+        writers.push(tokio::spawn(async move {
+            for i in 0..PER_WRITER {
                 let response = client
                     .post(&url)
                     .bearer_auth(&token)
-                    .json(&json!({ "body": format!("comment {i}") }))
+                    .json(&json!({ "body": format!("comment {w}.{i}") }))
                     .send()
                     .await
                     .unwrap();
                 assert_eq!(response.status(), 201);
             }
-        })
-    };
+        }));
+    }
+    let total = WRITERS * PER_WRITER;
     let reader = tokio::spawn(async move {
-        let frames = socket.take(COMMENTS).await;
+        let frames = socket.take(total).await;
         (socket, frames)
     });
 
-    let redis = redis::Client::open(app.redis_url.as_str()).unwrap();
-    let history = Keys::of(&app.stream).history(events::ids::UserId(author));
-    for threshold in [20, 60, 100] {
-        eventually(Duration::from_secs(60), "the relay makes progress", || {
-            let (redis, history) = (redis.clone(), history.clone());
-            async move {
-                let mut connection = redis
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let relayed: usize = redis::cmd("XLEN")
-                    .arg(&history)
-                    .query_async(&mut connection)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if relayed >= threshold {
-                    Ok(())
-                } else {
-                    Err(format!("{relayed} relayed"))
+    for round in 0..3 {
+        for relay in &relays {
+            relay.signal("STOP");
+        }
+        eventually(
+            Duration::from_secs(60),
+            "the frozen relay holds unacknowledged events",
+            || async {
+                match relay_consumer(&app).await? {
+                    (_, in_flight) if in_flight > 0 => Ok(()),
+                    state => Err(format!("(pending, unacknowledged) = {state:?}")),
                 }
-            }
-        })
+            },
+        )
         .await;
-        relay.kill();
-        relay = WorkerProcess::spawn("relay", &app);
+        let victim = round % 2;
+        relays[1 - victim].signal("CONT");
+        std::mem::replace(&mut relays[victim], WorkerProcess::spawn("relay", &app)).kill();
     }
-    writer.await.unwrap();
+    for writer in writers {
+        writer.await.unwrap();
+    }
     let (mut socket, frames) = reader.await.unwrap();
     let comment_ids: HashSet<&str> = frames
         .iter()
@@ -257,49 +302,41 @@ async fn a_relay_killed_mid_stream_delivers_every_notification_exactly_once() {
         .collect();
     assert_eq!(
         comment_ids.len(),
-        COMMENTS,
+        total,
         "a notification was lost or duplicated"
     );
-    let bodies: Vec<&str> = frames
+    let positions: BTreeMap<String, i64> = sqlx::query_as::<_, (Uuid, i64)>(
+        "SELECT event_id, position FROM events WHERE event_type = 'comment.added'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(id, position)| (id.to_string(), position))
+    .collect();
+    let order: Vec<i64> = frames
         .iter()
-        .map(|f| f["data"]["excerpt"].as_str().unwrap())
+        .map(|f| positions[f["event_id"].as_str().unwrap()])
         .collect();
-    let expected: Vec<String> = (0..COMMENTS).map(|i| format!("comment {i}")).collect();
-    assert_eq!(bodies, expected, "notifications out of order");
+    assert!(
+        order.is_sorted(),
+        "notifications out of log order: {order:?}"
+    );
 
     // Once the relay has acknowledged everything, nothing else may arrive.
-    let nats = async_nats::connect(&app.nats_url).await.unwrap();
-    let jetstream = async_nats::jetstream::new(nats);
     eventually(
         Duration::from_secs(60),
         "the relay acknowledged every event",
-        || {
-            let jetstream = jetstream.clone();
-            let stream = app.stream.clone();
-            async move {
-                let mut consumer: async_nats::jetstream::consumer::PullConsumer = jetstream
-                    .get_stream(&stream)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .get_consumer(relay::CONSUMER)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let info = consumer.info().await.map_err(|e| e.to_string())?;
-                if info.num_pending == 0 && info.num_ack_pending == 0 {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "{} pending, {} unacked",
-                        info.num_pending, info.num_ack_pending
-                    ))
-                }
+        || async {
+            match relay_consumer(&app).await? {
+                (0, 0) => Ok(()),
+                state => Err(format!("(pending, unacknowledged) = {state:?}")),
             }
         },
     )
     .await;
     let mut notifier = Notifier::new(&app).await;
     assert_nothing_more(&mut notifier, author, &mut [&mut socket]).await;
-    relay.kill();
     app.stop().await;
 }
 
@@ -537,10 +574,23 @@ async fn sockets_without_valid_credentials_or_from_foreign_origins_are_refused()
     app.stop().await;
 }
 
-/// P17: a client that stops reading is disconnected (1013) and another client keeps
-/// receiving every notification meanwhile.
+/// A gauge or counter from `/metrics`.
+async fn metric(app: &TestApp, name: &str) -> u64 {
+    let text = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+/// P17: a client that stops reading never slows the others (fan-out never waits on a
+/// socket), and once it is too far behind it is disconnected (1013).
 #[tokio::test]
-async fn a_client_that_stops_reading_is_disconnected_and_slows_nobody() {
+async fn a_client_that_stops_reading_slows_nobody_and_is_disconnected() {
     let app = TestApp::spawn().await.unwrap();
     let (slow_user, slow_token) = user_token(&app);
     let (fast_user, fast_token) = user_token(&app);
@@ -550,52 +600,50 @@ async fn a_client_that_stops_reading_is_disconnected_and_slows_nobody() {
     };
     let mut slow_socket = connect(&app, slow).await;
     let mut fast_socket = connect(&app, Connect::header(&fast_token)).await;
-    let fast_reader = tokio::spawn(async move {
-        let frames = fast_socket.take(300).await;
-        (fast_socket, frames)
-    });
     let mut notifier = Notifier::new(&app).await;
-    let padding = "p".repeat(4096);
-    for i in 0..3000u32 {
+
+    // 6.4 MB the slow client does not read: more than the socket buffers hold, so its
+    // session is stuck writing, yet fewer frames than its queue holds.
+    let padding = "p".repeat(64 * 1024);
+    for i in 0..100u32 {
         notifier
             .send(slow_user, json!({ "n": i, "padding": padding }))
             .await;
-        if i % 10 == 0 {
-            notifier.send(fast_user, json!({ "n": i / 10 })).await;
-        }
     }
-    // The fast client got everything while the slow one had read nothing at all.
-    let (_fast_socket, frames) = fast_reader.await.unwrap();
+    // The fast client gets all of its notifications meanwhile, while the slow one is
+    // still connected: had fan-out waited on the stuck socket, these could not arrive
+    // until it was dropped.
+    for i in 0..300u32 {
+        notifier.send(fast_user, json!({ "n": i })).await;
+    }
+    let frames = fast_socket.take(300).await;
     let got: Vec<u64> = frames
         .iter()
         .map(|f| f["data"]["n"].as_u64().unwrap())
         .collect();
     assert_eq!(got, (0..300).collect::<Vec<u64>>());
+    assert_eq!(metric(&app, "keel_ws_evicted_total").await, 0);
+    assert_eq!(metric(&app, "keel_ws_sockets").await, 2);
 
+    // Further behind than its queue allows: disconnected.
+    for i in 100..500u32 {
+        notifier.send(slow_user, json!({ "n": i })).await;
+    }
     eventually(
         Duration::from_secs(30),
         "the slow socket is evicted",
         || async {
-            let metrics = reqwest::get(app.url("/metrics"))
-                .await
-                .map_err(|e| e.to_string())?
-                .text()
-                .await
-                .map_err(|e| e.to_string())?;
-            if metrics.contains("keel_ws_evicted_total 1") {
-                Ok(())
-            } else {
-                Err(metrics
-                    .lines()
-                    .filter(|l| l.starts_with("keel_ws"))
-                    .collect::<Vec<_>>()
-                    .join(", "))
+            match metric(&app, "keel_ws_evicted_total").await {
+                1 => Ok(()),
+                other => Err(format!("keel_ws_evicted_total {other}")),
             }
         },
     )
     .await;
+    assert_eq!(metric(&app, "keel_ws_sockets").await, 1);
     let code = slow_socket.closed(Duration::from_secs(60)).await;
     assert!(matches!(code, Some(1013) | None), "closed with {code:?}");
+    assert_nothing_more(&mut notifier, fast_user, &mut [&mut fast_socket]).await;
     app.stop().await;
 }
 
@@ -640,6 +688,65 @@ async fn shutdown_closes_sockets_with_1001() {
     let stopping = tokio::spawn(app.stop());
     assert_eq!(socket.closed(Duration::from_secs(30)).await, Some(1001));
     stopping.await.unwrap();
+}
+
+/// The hub's subscription dropped (Redis closes it) again and again while notifications
+/// are published: each resubscription makes the sockets read what they missed, so a
+/// connected client still gets every notification once, in order.
+#[tokio::test]
+async fn a_dropped_subscription_loses_nothing() {
+    let redis_server = RedisServer::start().await.unwrap();
+    let jwks = JwksServer::start().await.unwrap();
+    let mut config = test_config(fresh_database().await.unwrap(), &jwks);
+    config.redis_url = redis_server.url.clone();
+    let app = TestApp::spawn_with(config, jwks).await.unwrap();
+    let (user, token) = user_token(&app);
+    let mut socket = connect(&app, Connect::header(&token)).await;
+    let reader = tokio::spawn(async move {
+        let frames = socket.take(300).await;
+        (socket, frames)
+    });
+    let mut notifier = Notifier::new(&app).await;
+    let redis = redis::Client::open(redis_server.url.as_str()).unwrap();
+    let mut admin = redis.get_multiplexed_async_connection().await.unwrap();
+    let mut offsets = Vec::new();
+    for i in 0..300 {
+        offsets.push(notifier.send(user, json!({ "n": i })).await);
+        if i % 50 == 25 {
+            eventually(Duration::from_secs(30), "the hub is subscribed", || {
+                let mut admin = admin.clone();
+                async move {
+                    let patterns: i64 = redis::cmd("PUBSUB")
+                        .arg("NUMPAT")
+                        .query_async(&mut admin)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if patterns == 1 {
+                        Ok(())
+                    } else {
+                        Err(format!("{patterns} patterns"))
+                    }
+                }
+            })
+            .await;
+            let killed: i64 = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("pubsub")
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+            assert_eq!(killed, 1, "the hub's subscription");
+        }
+    }
+    let (mut socket, frames) = reader.await.unwrap();
+    let got: Vec<&str> = frames
+        .iter()
+        .map(|f| f["offset"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, offsets.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_nothing_more(&mut notifier, user, &mut [&mut socket]).await;
+    app.stop().await;
 }
 
 /// P9's hub part: Redis killed and restarted empty. The hub resubscribes on its own, a

@@ -64,7 +64,7 @@ pub enum HistoryError {
 }
 
 /// Tries of one read before the socket is closed (1011) or refused (503).
-const ATTEMPTS: u32 = 4;
+const ATTEMPTS: u32 = 6;
 
 type Reply = (Option<String>, String, String, Vec<(String, Vec<String>)>);
 
@@ -77,7 +77,10 @@ pub struct History {
 
 impl History {
     pub fn new(client: &redis::Client, keys: Keys) -> Result<Self, redis::RedisError> {
+        // No retries inside the connection: `read` retries, briefly, so that an absent
+        // Redis is reported within a second or two.
         let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(0)
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)));
         Ok(Self {
@@ -131,11 +134,16 @@ impl History {
 
     /// Everything after `cursor` still in the history, and whether that is all of it.
     pub async fn after(&self, user: UserId, cursor: &Cursor) -> Result<CatchUp, HistoryError> {
-        let (epoch, deleted, _, rows) = self.read(user, cursor, true).await?;
+        let (epoch, deleted, top, rows) = self.read(user, cursor, true).await?;
         let deleted: EntryId = deleted.parse().map_err(|_| HistoryError::Corrupt)?;
+        let top: EntryId = top.parse().map_err(|_| HistoryError::Corrupt)?;
         let complete = match (&cursor.epoch, &epoch) {
             (None, _) => true,
-            (Some(mine), Some(current)) if mine == current => cursor.entry >= deleted,
+            // Nothing after the cursor was trimmed, and the history reaches it (a cursor
+            // past the newest entry means the history itself was lost: expired, evicted).
+            (Some(mine), Some(current)) if mine == current => {
+                cursor.entry >= deleted && cursor.entry <= top
+            }
             // Redis lost the history the cursor points into.
             (Some(_), _) => false,
         };

@@ -25,6 +25,9 @@ use events::notification::{self, Keys, Offset};
 /// Frames a socket may have waiting before it counts as too slow.
 pub const QUEUE: usize = 256;
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How often the subscription's connection is pinged, and how long the answer may take.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One live notification, as published: its offset and the frame to send.
 #[derive(Debug, Clone)]
@@ -213,19 +216,29 @@ impl Hub {
                 subscribed = attempt => subscribed,
             };
             match subscribed {
-                Ok(mut pubsub) => {
+                Ok(pubsub) => {
                     tracing::info!("subscribed to {}", notification::CHANNEL_PATTERN);
                     backoff = Duration::from_millis(50);
                     // Sockets read what they may have missed while unsubscribed.
                     self.generation.send_modify(|g| *g += 1);
-                    let mut messages = pubsub.on_message();
+                    let (mut sink, mut messages) = pubsub.split();
+                    let mut check = tokio::time::interval(CHECK_EVERY);
                     loop {
-                        let message = tokio::select! {
+                        tokio::select! {
                             () = stop.cancelled() => return,
-                            message = messages.next() => message,
-                        };
-                        let Some(message) = message else { break };
-                        self.fan_out(message.get_channel_name(), message.get_payload_bytes());
+                            message = messages.next() => {
+                                let Some(message) = message else { break };
+                                self.fan_out(message.get_channel_name(), message.get_payload_bytes());
+                            }
+                            _ = check.tick() => {
+                                // A half-open connection (a partition) delivers nothing and
+                                // reports nothing: only an unanswered ping reveals it.
+                                let pong = tokio::time::timeout(CHECK_TIMEOUT, sink.ping::<redis::Value>()).await;
+                                if !matches!(pong, Ok(Ok(_))) {
+                                    break;
+                                }
+                            }
+                        }
                     }
                     tracing::warn!("notification subscription lost; resubscribing");
                 }

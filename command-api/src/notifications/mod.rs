@@ -131,16 +131,21 @@ async fn open(
             ));
         }
     };
-    let cursor = match resume {
-        Some(offset) => Cursor::at(offset),
-        None => hub.history.tail(principal.user_id).await.map_err(|error| {
-            tracing::warn!(error = %error, "notification history unavailable");
-            ApiError::Unavailable {
-                dependency: "redis",
-                retry_after_secs: 1,
-            }
-        })?,
-    };
+    // Sockets get no leeway on `exp`: one would only be closed (4001) right away.
+    if principal.expires_at <= jsonwebtoken::get_current_timestamp() as i64 {
+        return Err(ApiError::Unauthorized("token expired".to_owned()));
+    }
+    // Where the user's notifications stand now, read before the 101: a socket that
+    // starts live misses nothing published after its client saw it open, and no socket
+    // is accepted while its history cannot be read.
+    let tail = hub.history.tail(principal.user_id).await.map_err(|error| {
+        tracing::warn!(error = %error, "notification history unavailable");
+        ApiError::Unavailable {
+            dependency: "redis",
+            retry_after_secs: 1,
+        }
+    })?;
+    let cursor = resume.map_or(tail, Cursor::at);
     let session = Session {
         hub: hub.clone(),
         user: principal.user_id,

@@ -22,6 +22,8 @@ pub const PING_EVERY: Duration = Duration::from_secs(20);
 /// Longest one frame may take to go out before the socket counts as too slow.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longer-lived tokens are treated as expiring after a year (no `Instant` overflow).
+const LONGEST_TOKEN_SECS: u64 = 365 * 24 * 3600;
 
 /// Close codes.
 pub const GOING_AWAY: u16 = 1001;
@@ -76,20 +78,23 @@ impl Session {
         incoming: &mut futures::stream::SplitStream<WebSocket>,
     ) -> End {
         // Registered first, then the history read: whatever is published meanwhile is
-        // in the history, in the queue, or both (and then dropped by the cursor).
+        // in the history, in the queue, or both (and then dropped by the cursor). A
+        // resubscription from now on (even during this read) triggers another read.
+        let remaining = self.expires_at - jsonwebtoken::get_current_timestamp() as i64;
+        let expiry = tokio::time::Instant::now()
+            + Duration::from_secs(
+                u64::try_from(remaining)
+                    .unwrap_or(0)
+                    .min(LONGEST_TOKEN_SECS),
+            );
         let mut cursor = self.cursor.clone();
         if let Err(end) = self.catch_up(registration, sink, &mut cursor).await {
             return end;
         }
-        // Mark the current generation seen: the history was just read.
-        registration.generation.borrow_and_update();
-        let expiry = tokio::time::Instant::now()
-            + Duration::from_secs(
-                u64::try_from(self.expires_at - jsonwebtoken::get_current_timestamp() as i64)
-                    .unwrap_or(0),
-            );
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+        // A loop held up by a slow write must not count as two silent pings.
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut answered = true;
         loop {
             tokio::select! {
@@ -167,9 +172,12 @@ impl Session {
             complete,
             entries,
             cursor: next,
-        } = match self.hub.history.after(self.user, cursor).await {
-            Ok(read) => read,
-            Err(error) => return Err(self.unavailable(&error)),
+        } = tokio::select! {
+            read = self.hub.history.after(self.user, cursor) => match read {
+                Ok(read) => read,
+                Err(error) => return Err(self.unavailable(&error)),
+            },
+            () = self.hub.closing.cancelled() => return Err(End::Close(GOING_AWAY, "server shutting down")),
         };
         if !complete {
             self.send(
