@@ -254,6 +254,13 @@ impl Application {
         background.spawn(publisher.run(stop_background.clone()));
         tracing::info!(addr = %listener.local_addr()?, "command-api listening");
         let closing = hub.closing.clone();
+        // No Nagle delay: a notification frame goes out at once, even right after a ping
+        // (it was held up to 40 ms behind the client's delayed ack).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %error, "cannot set TCP_NODELAY");
+            }
+        });
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 shutdown.await;

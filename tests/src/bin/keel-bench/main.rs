@@ -5,8 +5,14 @@
 //!   commit-to-bus latency at a steady command rate.
 //! - `project`: live projection events/s from a JetStream backlog vs a bare pull consumer;
 //!   rebuild events/s from the log vs a bare keyset scan.
+//! - `fanout`: notifications delivered/s and latency to thousands of WebSocket clients vs
+//!   `redis-benchmark`'s bare PUBLISH rate and the relay's script alone.
+//! - `e2e`: command accepted -> WebSocket frame latency at a steady command rate.
 
 mod append;
+mod cpu;
+mod e2e;
+mod fanout;
 mod project;
 mod publish;
 
@@ -44,6 +50,56 @@ enum Cli {
         #[arg(long, default_value = "1000000")]
         rebuild_events: usize,
     },
+    /// Notifications to many WebSocket clients (one command API) vs bare Redis PUBLISH.
+    Fanout {
+        /// Sockets, each its own user [default: 5000; --quick: 500].
+        #[arg(long)]
+        sockets: Option<usize>,
+        /// Notifications per second, to random users [default: 5000; --quick: 1000].
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Seconds of publishing [default: 10; --quick: 3].
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Concurrent publisher tasks, each with its own Redis connection.
+        #[arg(long, default_value = "4")]
+        publishers: usize,
+        /// Sockets opened at once.
+        #[arg(long, default_value = "200")]
+        connect_concurrency: usize,
+        /// Also time send -> a bare Redis pattern subscriber in the bench.
+        #[arg(long)]
+        probe: bool,
+        /// Set TCP_QUICKACK on every client socket after every read (a diagnostic).
+        #[arg(long)]
+        client_quickack: bool,
+        /// Smaller defaults, for a quick look.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Command accepted -> WebSocket frame, at a steady comment rate.
+    E2e {
+        /// Comments per second, all commenters together [default: 200; --quick: 100].
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Seconds of commenting [default: 20; --quick: 3].
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Registered users who comment, in turn.
+        #[arg(long, default_value = "20")]
+        commenters: usize,
+        /// Set TCP_QUICKACK on the author's socket after every read (a diagnostic).
+        #[arg(long)]
+        client_quickack: bool,
+        /// Smaller defaults, for a quick look.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+/// `value` if given, else the default of a full or a `--quick` run.
+fn sized<T>(value: Option<T>, quick: bool, full: T, small: T) -> T {
+    value.unwrap_or(if quick { small } else { full })
 }
 
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -64,5 +120,41 @@ async fn main() -> anyhow::Result<()> {
             events,
             rebuild_events,
         } => project::run(events, rebuild_events).await,
+        Cli::Fanout {
+            sockets,
+            rate,
+            seconds,
+            publishers,
+            connect_concurrency,
+            probe,
+            client_quickack,
+            quick,
+        } => {
+            fanout::run(fanout::Options {
+                sockets: sized(sockets, quick, 5000, 500),
+                rate: sized(rate, quick, 5000, 1000),
+                seconds: sized(seconds, quick, 10, 3),
+                publishers,
+                connect_concurrency,
+                probe,
+                quickack: client_quickack,
+            })
+            .await
+        }
+        Cli::E2e {
+            rate,
+            seconds,
+            commenters,
+            client_quickack,
+            quick,
+        } => {
+            e2e::run(e2e::Options {
+                rate: sized(rate, quick, 200, 100),
+                seconds: sized(seconds, quick, 20, 3),
+                commenters,
+                quickack: client_quickack,
+            })
+            .await
+        }
     }
 }
