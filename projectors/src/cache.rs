@@ -49,31 +49,7 @@ impl Cache {
             return;
         };
         let pattern = format!("{}*", dashboard_key_prefix(&self.stream));
-        let sweep = async {
-            let mut cursor = 0_u64;
-            let mut deleted = 0_usize;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut connection)
-                    .await?;
-                if !keys.is_empty() {
-                    deleted += keys.len();
-                    redis::cmd("DEL")
-                        .arg(keys)
-                        .query_async::<()>(&mut connection)
-                        .await?;
-                }
-                if next == 0 {
-                    return Ok::<_, redis::RedisError>(deleted);
-                }
-                cursor = next;
-            }
-        };
+        let sweep = delete_matching(&mut connection, &pattern);
         match tokio::time::timeout(REDIS_TIMEOUT * 20, sweep).await {
             Ok(Ok(deleted)) => tracing::info!(deleted, "cached dashboards dropped"),
             Ok(Err(error)) => self.failed(&error.to_string()).await,
@@ -125,5 +101,36 @@ impl Cache {
             "cache invalidation failed; cached dashboards expire by ttl"
         );
         *self.connection.lock().await = None;
+    }
+}
+
+/// Deletes every key matching `pattern` (a `SCAN` sweep, so Redis is never blocked by one
+/// long command); how many were deleted.
+pub async fn delete_matching(
+    connection: &mut impl redis::aio::ConnectionLike,
+    pattern: &str,
+) -> Result<usize, redis::RedisError> {
+    let mut cursor = 0_u64;
+    let mut deleted = 0_usize;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(connection)
+            .await?;
+        if !keys.is_empty() {
+            deleted += keys.len();
+            redis::cmd("UNLINK")
+                .arg(keys)
+                .query_async::<()>(connection)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(deleted);
+        }
+        cursor = next;
     }
 }

@@ -329,28 +329,8 @@ async fn delete_keys(redis_url: &str, stream: &str) -> anyhow::Result<()> {
     let mut redis = redis::Client::open(redis_url)?
         .get_multiplexed_async_connection()
         .await?;
-    let pattern = format!("keel:{stream}:notify:*");
-    let mut cursor = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut redis)
-            .await?;
-        if !keys.is_empty() {
-            redis::cmd("UNLINK")
-                .arg(&keys)
-                .query_async::<()>(&mut redis)
-                .await?;
-        }
-        if next == 0 {
-            return Ok(());
-        }
-        cursor = next;
-    }
+    projectors::cache::delete_matching(&mut redis, &format!("keel:{stream}:notify:*")).await?;
+    Ok(())
 }
 
 /// A core Redis subscriber of `notify.user.*` in the bench: send stamp → Redis delivered.
