@@ -11,6 +11,7 @@ use keel_tests::{JwksServer, TestApp, fresh_database};
 use reqwest::Method;
 
 use crate::percentile;
+use crate::report::Figure;
 
 async fn drive_commands(
     app: &TestApp,
@@ -117,7 +118,7 @@ fn pgbench_insert_tps(database_url: &str, clients: usize, seconds: u64) -> anyho
         .with_context(|| format!("no tps in pgbench output: {text}"))
 }
 
-pub async fn run(clients: usize, seconds: u64) -> anyhow::Result<()> {
+pub async fn run(clients: usize, seconds: u64) -> anyhow::Result<Vec<Figure>> {
     let jwks = JwksServer::start().await?;
     let mut config = test_config(fresh_database().await?, &jwks);
     config.db_pool_size = 8;
@@ -134,5 +135,15 @@ pub async fn run(clients: usize, seconds: u64) -> anyhow::Result<()> {
         rate / tps
     );
     app.stop().await;
-    Ok(())
+    Ok(vec![
+        Figure::ratio(
+            "append",
+            rate,
+            "commands/s",
+            "pgbench 1-row INSERT tps, same clients",
+            tps,
+            Some(1.0),
+        ),
+        Figure::absolute("append p99", p99.as_secs_f64() * 1e3, "ms", None),
+    ])
 }

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::fanout::{Ws, open_socket};
 use crate::percentile;
+use crate::report::Figure;
 
 /// The sizes of one run.
 pub struct Options {
@@ -190,7 +191,7 @@ async fn settle(arrivals: &Arrivals, want: usize, quiet: Duration) {
     }
 }
 
-pub async fn run(options: Options) -> anyhow::Result<()> {
+pub async fn run(options: Options) -> anyhow::Result<Vec<Figure>> {
     let Options {
         rate,
         seconds,
@@ -344,5 +345,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     if let Ok(app) = Arc::try_unwrap(app) {
         app.stop().await;
     }
-    Ok(())
+    Ok(vec![
+        Figure::absolute("e2e p50", ms(percentile(&from_ack, 0.50)), "ms", None),
+        Figure::absolute(
+            "e2e p99",
+            ms(percentile(&from_ack, 0.99)),
+            "ms",
+            Some("< 100 ms"),
+        ),
+    ])
 }

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::percentile;
+use crate::report::Figure;
 
 /// The sizes of one run.
 pub struct Options {
@@ -369,7 +370,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-pub async fn run(options: Options) -> anyhow::Result<()> {
+pub async fn run(options: Options) -> anyhow::Result<Vec<Figure>> {
     let Options {
         sockets,
         rate,
@@ -557,5 +558,20 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 
     delete_keys(&redis_url, &app.stream).await?;
     app.stop().await;
-    Ok(())
+    Ok(vec![
+        Figure::ratio(
+            "fanout",
+            delivered_per_second,
+            "delivered/s",
+            "redis-benchmark PUBLISH (rate is asked)",
+            bare_publish,
+            None,
+        ),
+        Figure::absolute(
+            "fanout p99",
+            ms(percentile(&latencies, 0.99)),
+            "ms",
+            Some("< 50 ms"),
+        ),
+    ])
 }

@@ -15,40 +15,63 @@ mod e2e;
 mod fanout;
 mod project;
 mod publish;
+mod report;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
+use crate::report::Figure;
+
+/// Keel's benchmarks, each beside the machine's own limit measured in the same run.
+/// Without a scenario, runs every one and prints one table (also written as JSON).
 #[derive(Parser)]
 #[command(name = "keel-bench")]
-enum Cli {
+struct Cli {
+    #[command(subcommand)]
+    scenario: Option<Scenario>,
+    /// Small sizes: every scenario in about two minutes (figures to look at, not to
+    /// compare with full runs).
+    #[arg(long, global = true)]
+    quick: bool,
+    /// Where the figures are written as JSON.
+    #[arg(long, global = true, default_value = "target/bench/results.json")]
+    json: PathBuf,
+}
+
+#[derive(Subcommand, Clone)]
+enum Scenario {
     /// HTTP commands/s and latency vs pgbench one-row INSERT TPS.
     Append {
         #[arg(long, default_value = "32")]
         clients: usize,
-        #[arg(long, default_value = "10")]
-        seconds: u64,
+        /// Seconds of each run [default: 10; --quick: 3].
+        #[arg(long)]
+        seconds: Option<u64>,
     },
     /// Outbox drain rate vs a bare JetStream publisher; commit-to-bus latency.
     Publish {
-        /// Events pre-filled in the log and drained.
-        #[arg(long, default_value = "100000")]
-        events: usize,
-        /// Commands per second for the latency run.
-        #[arg(long, default_value = "500")]
-        rate: u32,
-        #[arg(long, default_value = "10")]
-        seconds: u64,
+        /// Events pre-filled in the log and drained [default: 100000; --quick: 10000].
+        #[arg(long)]
+        events: Option<usize>,
+        /// Commands per second for the latency run [default: 500; --quick: 200].
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Seconds of the latency run [default: 10; --quick: 3].
+        #[arg(long)]
+        seconds: Option<u64>,
     },
     /// Projection rate from a JetStream backlog; rebuild rate from the log.
     Project {
-        /// Events in the JetStream backlog the `posts` and `authors` projections apply.
-        #[arg(long, default_value = "100000")]
-        events: usize,
-        /// Events in the log the `posts` model is rebuilt from.
-        #[arg(long, default_value = "1000000")]
-        rebuild_events: usize,
+        /// Events in the JetStream backlog the `posts` and `authors` projections apply
+        /// [default: 100000; --quick: 10000].
+        #[arg(long)]
+        events: Option<usize>,
+        /// Events in the log the `posts` model is rebuilt from [default: 1000000;
+        /// --quick: 50000].
+        #[arg(long)]
+        rebuild_events: Option<usize>,
     },
     /// Notifications to many WebSocket clients (one command API) vs bare Redis PUBLISH.
     Fanout {
@@ -73,9 +96,6 @@ enum Cli {
         /// Set TCP_QUICKACK on every client socket after every read (a diagnostic).
         #[arg(long)]
         client_quickack: bool,
-        /// Smaller defaults, for a quick look.
-        #[arg(long)]
-        quick: bool,
     },
     /// Command accepted -> WebSocket frame, at a steady comment rate.
     E2e {
@@ -91,10 +111,117 @@ enum Cli {
         /// Set TCP_QUICKACK on the author's socket after every read (a diagnostic).
         #[arg(long)]
         client_quickack: bool,
-        /// Smaller defaults, for a quick look.
-        #[arg(long)]
-        quick: bool,
     },
+}
+
+impl Scenario {
+    /// Every scenario, with its default (or `--quick`) sizes.
+    fn all() -> Vec<Scenario> {
+        vec![
+            Scenario::Append {
+                clients: 32,
+                seconds: None,
+            },
+            Scenario::Publish {
+                events: None,
+                rate: None,
+                seconds: None,
+            },
+            Scenario::Project {
+                events: None,
+                rebuild_events: None,
+            },
+            Scenario::Fanout {
+                sockets: None,
+                rate: None,
+                seconds: None,
+                publishers: 4,
+                connect_concurrency: 200,
+                probe: false,
+                client_quickack: false,
+            },
+            Scenario::E2e {
+                rate: None,
+                seconds: None,
+                commenters: 20,
+                client_quickack: false,
+            },
+        ]
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Scenario::Append { .. } => "append",
+            Scenario::Publish { .. } => "publish",
+            Scenario::Project { .. } => "project",
+            Scenario::Fanout { .. } => "fanout",
+            Scenario::E2e { .. } => "e2e",
+        }
+    }
+
+    async fn run(self, quick: bool) -> anyhow::Result<Vec<Figure>> {
+        match self {
+            Scenario::Append { clients, seconds } => {
+                append::run(clients, sized(seconds, quick, 10, 3)).await
+            }
+            Scenario::Publish {
+                events,
+                rate,
+                seconds,
+            } => {
+                publish::run(
+                    sized(events, quick, 100_000, 10_000),
+                    sized(rate, quick, 500, 200),
+                    sized(seconds, quick, 10, 3),
+                )
+                .await
+            }
+            Scenario::Project {
+                events,
+                rebuild_events,
+            } => {
+                project::run(
+                    sized(events, quick, 100_000, 10_000),
+                    sized(rebuild_events, quick, 1_000_000, 50_000),
+                )
+                .await
+            }
+            Scenario::Fanout {
+                sockets,
+                rate,
+                seconds,
+                publishers,
+                connect_concurrency,
+                probe,
+                client_quickack,
+            } => {
+                fanout::run(fanout::Options {
+                    sockets: sized(sockets, quick, 5000, 500),
+                    rate: sized(rate, quick, 5000, 1000),
+                    seconds: sized(seconds, quick, 10, 3),
+                    publishers,
+                    connect_concurrency,
+                    probe,
+                    quickack: client_quickack,
+                })
+                .await
+            }
+            Scenario::E2e {
+                rate,
+                seconds,
+                commenters,
+                client_quickack,
+            } => {
+                e2e::run(e2e::Options {
+                    rate: sized(rate, quick, 200, 100),
+                    seconds: sized(seconds, quick, 20, 3),
+                    commenters,
+                    quickack: client_quickack,
+                })
+                .await
+            }
+        }
+    }
 }
 
 /// `value` if given, else the default of a full or a `--quick` run.
@@ -109,52 +236,19 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse() {
-        Cli::Append { clients, seconds } => append::run(clients, seconds).await,
-        Cli::Publish {
-            events,
-            rate,
-            seconds,
-        } => publish::run(events, rate, seconds).await,
-        Cli::Project {
-            events,
-            rebuild_events,
-        } => project::run(events, rebuild_events).await,
-        Cli::Fanout {
-            sockets,
-            rate,
-            seconds,
-            publishers,
-            connect_concurrency,
-            probe,
-            client_quickack,
-            quick,
-        } => {
-            fanout::run(fanout::Options {
-                sockets: sized(sockets, quick, 5000, 500),
-                rate: sized(rate, quick, 5000, 1000),
-                seconds: sized(seconds, quick, 10, 3),
-                publishers,
-                connect_concurrency,
-                probe,
-                quickack: client_quickack,
-            })
-            .await
-        }
-        Cli::E2e {
-            rate,
-            seconds,
-            commenters,
-            client_quickack,
-            quick,
-        } => {
-            e2e::run(e2e::Options {
-                rate: sized(rate, quick, 200, 100),
-                seconds: sized(seconds, quick, 20, 3),
-                commenters,
-                quickack: client_quickack,
-            })
-            .await
+    let cli = Cli::parse();
+    let scenarios = cli.scenario.map_or_else(Scenario::all, |one| vec![one]);
+    let mut figures = Vec::new();
+    for scenario in scenarios {
+        let name = scenario.name();
+        println!("\n== {name}{}", if cli.quick { " (--quick)" } else { "" });
+        match scenario.run(cli.quick).await {
+            Ok(mut found) => figures.append(&mut found),
+            Err(error) => {
+                eprintln!("{name} failed: {error:#}");
+                figures.push(Figure::failed(name));
+            }
         }
     }
+    report::publish(&figures, &cli.json)
 }

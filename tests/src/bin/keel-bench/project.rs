@@ -12,6 +12,8 @@ use keel_tests::projections::{Running, config, seed_blog};
 use keel_tests::stream::count;
 use keel_tests::{TestApp, fresh_database};
 
+use crate::report::Figure;
+
 /// A blog history of about `events` events: one user per 100, one post per 10.
 async fn seed(pool: &sqlx::PgPool, events: usize) -> anyhow::Result<usize> {
     let users = (events / 100).max(2);
@@ -112,12 +114,12 @@ fn config_for_rebuild() -> projectors::Config {
     }
 }
 
-pub async fn run(events: usize, rebuild_events: usize) -> anyhow::Result<()> {
-    let (backlog, keel, bare) = live(events).await?;
+pub async fn run(events: usize, rebuild_events: usize) -> anyhow::Result<Vec<Figure>> {
+    let (backlog, live_keel, bare) = live(events).await?;
     println!("scenario  events   keel events/s  bare pull-consume events/s  ratio");
     println!(
-        "project   {backlog:>7}  {keel:>13.0}  {bare:>26.0}  {:>5.2}",
-        keel / bare
+        "project   {backlog:>7}  {live_keel:>13.0}  {bare:>26.0}  {:>5.2}",
+        live_keel / bare
     );
     let (log, keel, scan) = rebuild(rebuild_events).await?;
     println!("scenario  events   keel events/s  bare keyset scan events/s  ratio  goal");
@@ -125,5 +127,22 @@ pub async fn run(events: usize, rebuild_events: usize) -> anyhow::Result<()> {
         "rebuild   {log:>7}  {keel:>13.0}  {scan:>25.0}  {:>5.2}  0.50",
         keel / scan
     );
-    Ok(())
+    Ok(vec![
+        Figure::ratio(
+            "project",
+            live_keel,
+            "events/s",
+            "bare JetStream pull consume + ack",
+            bare,
+            None,
+        ),
+        Figure::ratio(
+            "rebuild",
+            keel,
+            "events/s",
+            "bare keyset SELECT scan of the log",
+            scan,
+            Some(0.5),
+        ),
+    ])
 }

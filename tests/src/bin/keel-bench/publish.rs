@@ -18,6 +18,7 @@ use reqwest::Method;
 use tokio_util::sync::CancellationToken;
 
 use crate::percentile;
+use crate::report::Figure;
 
 fn nats_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
@@ -165,7 +166,7 @@ async fn latency(rate: u32, seconds: u64) -> anyhow::Result<Vec<Duration>> {
     Ok(delays)
 }
 
-pub async fn run(events: usize, rate: u32, seconds: u64) -> anyhow::Result<()> {
+pub async fn run(events: usize, rate: u32, seconds: u64) -> anyhow::Result<Vec<Figure>> {
     let (keel, database_url, source) = drain_rate(events).await?;
     let bare = bare_rate(&database_url, &source).await?;
     println!("scenario  events   keel events/s  bare async-nats events/s  ratio  goal");
@@ -181,5 +182,20 @@ pub async fn run(events: usize, rate: u32, seconds: u64) -> anyhow::Result<()> {
         percentile(&delays, 0.50).as_secs_f64() * 1e3,
         percentile(&delays, 0.99).as_secs_f64() * 1e3,
     );
-    Ok(())
+    Ok(vec![
+        Figure::ratio(
+            "publish",
+            keel,
+            "events/s",
+            "bare async-nats JetStream publish",
+            bare,
+            Some(0.8),
+        ),
+        Figure::absolute(
+            "commit-to-bus p99",
+            percentile(&delays, 0.99).as_secs_f64() * 1e3,
+            "ms",
+            Some("< 20 ms"),
+        ),
+    ])
 }
