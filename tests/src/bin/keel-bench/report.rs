@@ -116,3 +116,42 @@ pub fn publish(figures: &[Figure], json: &Path) -> anyhow::Result<()> {
     println!("\nwritten to {}", json.display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_json_has_the_documented_fields_and_ratios() {
+        let figures = [
+            Figure::ratio("publish", 80.0, "events/s", "bare", 100.0, Some(0.8)),
+            Figure::absolute("e2e p99", 2.5, "ms", Some("< 100 ms")),
+            Figure::failed("fanout"),
+        ];
+        let path = std::env::temp_dir().join(format!("keel-bench-{}.json", uuid::Uuid::new_v4()));
+        publish(&figures, &path).unwrap();
+        let rows: Vec<serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let fields: Vec<&str> = rows[0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut expected = [
+            "scenario",
+            "value",
+            "unit",
+            "baseline",
+            "baseline_value",
+            "ratio",
+            "goal_ratio",
+        ];
+        expected.sort_unstable();
+        assert_eq!(fields, expected);
+        assert_eq!(rows[0]["ratio"], 0.8);
+        assert_eq!(rows[1]["baseline"], serde_json::Value::Null);
+        assert_eq!(rows[2]["value"], serde_json::Value::Null);
+    }
+}
