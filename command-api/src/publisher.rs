@@ -115,25 +115,9 @@ impl Publisher {
 
     async fn lead(&self, stop: &CancellationToken) -> Result<(), PublishError> {
         let mut leader = PgConnection::connect(&self.database_url).await?;
-        // A leader that stops answering (SIGSTOP, a partition) must lose the lock: the
-        // active leader queries at least every POLL, so a session idle for longer is
-        // ended by Postgres and another instance takes over.
-        let idle = format!("SET idle_session_timeout = '{}ms'", LEADER_IDLE.as_millis());
-        if let Err(error) = sqlx::query(&idle).execute(&mut leader).await {
-            tracing::warn!(error = %error, "idle_session_timeout unsupported (Postgres < 14): a frozen leader keeps the lock");
-        }
-        loop {
-            let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(LEADER_LOCK)
-                .fetch_one(&mut leader)
-                .await?;
-            if acquired {
-                break;
-            }
-            tokio::select! {
-                () = stop.cancelled() => return Ok(()),
-                () = tokio::time::sleep(POLL) => {}
-            }
+        // The active leader queries at least every POLL, well within LEADER_IDLE.
+        if !events::leader::acquire(&mut leader, LEADER_LOCK, LEADER_IDLE, POLL, stop).await? {
+            return Ok(());
         }
         self.metrics.set_leader(true);
         tracing::info!(stream = %self.bus.stream, "this instance is the active publisher");

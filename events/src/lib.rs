@@ -9,6 +9,7 @@
 //!   the validated input values.
 //! - [`event_log`]: append with optimistic concurrency and no-skip reads by position.
 //! - [`envelope`]: the CloudEvents 1.0 form of a logged event.
+//! - [`leader`]: one active instance among several (a Postgres advisory lock).
 //! - [`notification`]: what the relay derives from events, its Redis keys and offsets.
 //! - [`outbox`]: the publisher's checkpoint and republish requests (the log is the outbox).
 //! - [`process`]: logging and the stop signal, the same in every binary.
@@ -20,6 +21,7 @@ pub mod domain;
 pub mod envelope;
 pub mod event_log;
 pub mod ids;
+pub mod leader;
 pub mod notification;
 pub mod outbox;
 pub mod process;

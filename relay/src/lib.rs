@@ -43,6 +43,8 @@ pub const ACK_WAIT: Duration = Duration::from_secs(10);
 pub const LEADER_POLL: Duration = Duration::from_secs(1);
 /// How long the active relay's lock session may stay silent before Postgres ends it.
 pub const LEADER_IDLE: Duration = Duration::from_secs(10);
+/// The session advisory lock that makes one instance the active relay.
+const LEADER_LOCK: i64 = 7_261_530_813_950_019;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -135,10 +137,8 @@ impl Relay {
         }
     }
 
-    /// Waits until this instance is the active relay: one at a time, so that a user's
-    /// notifications keep the order of their events. The lock is a Postgres session
-    /// advisory lock; a leader that dies or freezes loses its session (and the lock)
-    /// within [`LEADER_IDLE`], and a waiting instance takes over.
+    /// Waits until this instance is the active relay (`events::leader`): one at a time,
+    /// so that a user's notifications keep the order of their events.
     async fn lead(&mut self, stop: &CancellationToken) -> Result<bool, RelayError> {
         self.leader = None;
         let mut session = self
@@ -147,26 +147,15 @@ impl Relay {
             .await
             .map_err(RelayError::Leadership)?
             .detach();
-        let idle = format!("SET idle_session_timeout = '{}ms'", LEADER_IDLE.as_millis());
-        if let Err(error) = sqlx::query(&idle).execute(&mut session).await {
-            tracing::warn!(error = %error, "idle_session_timeout unsupported (Postgres < 14): a frozen relay keeps the lock");
+        if !events::leader::acquire(&mut session, LEADER_LOCK, LEADER_IDLE, LEADER_POLL, stop)
+            .await
+            .map_err(RelayError::Leadership)?
+        {
+            return Ok(false);
         }
-        loop {
-            let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
-                .bind(format!("{CONSUMER}:{}", self.stream))
-                .fetch_one(&mut session)
-                .await
-                .map_err(RelayError::Leadership)?;
-            if acquired {
-                tracing::info!(consumer = CONSUMER, "this instance is the active relay");
-                self.leader = Some(session);
-                return Ok(true);
-            }
-            tokio::select! {
-                () = stop.cancelled() => return Ok(false),
-                () = tokio::time::sleep(LEADER_POLL) => {}
-            }
-        }
+        tracing::info!(consumer = CONSUMER, "this instance is the active relay");
+        self.leader = Some(session);
+        Ok(true)
     }
 
     /// Proves the lock is still held (and keeps its session from idling out).

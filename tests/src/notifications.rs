@@ -262,7 +262,6 @@ impl Socket {
     /// Closes from the client side.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
-        let _ = self.ws.send(Message::Close(None)).await;
     }
 }
 

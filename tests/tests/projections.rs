@@ -149,10 +149,11 @@ async fn a_read_waits_for_a_position_no_projection_has_applied_and_then_refuses(
 /// A post row the projection cannot store: a trigger on the live model refuses titles
 /// named in `keel_test_refusals`, each as many times as its `times` says (-1: always).
 async fn refuse_titles(app: &TestApp, refusals: &[(&str, i32)]) {
-    sqlx::query("CREATE TABLE keel_test_refusals (title text PRIMARY KEY, times int NOT NULL)")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    sql(
+        app,
+        "CREATE TABLE keel_test_refusals (title text PRIMARY KEY, times int NOT NULL)",
+    )
+    .await;
     for (title, times) in refusals {
         sqlx::query("INSERT INTO keel_test_refusals VALUES ($1, $2)")
             .bind(title)
@@ -161,7 +162,8 @@ async fn refuse_titles(app: &TestApp, refusals: &[(&str, i32)]) {
             .await
             .unwrap();
     }
-    sqlx::query(
+    sql(
+        app,
         "CREATE FUNCTION keel_test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
          DECLARE
              times int;
@@ -174,20 +176,14 @@ async fn refuse_titles(app: &TestApp, refusals: &[(&str, i32)]) {
              RETURN NEW;
          END $$",
     )
-    .execute(&app.pool)
-    .await
-    .unwrap();
-    sqlx::query("CREATE SEQUENCE keel_test_refusal_count")
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    sqlx::query(
+    .await;
+    sql(app, "CREATE SEQUENCE keel_test_refusal_count").await;
+    sql(
+        app,
         "CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON rm_posts.posts
          FOR EACH ROW EXECUTE FUNCTION keel_test_refuse()",
     )
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    .await;
 }
 
 async fn create_post(app: &TestApp, token: &str, title: &str) -> Uuid {
@@ -345,10 +341,7 @@ async fn poison_events_are_dead_lettered_and_later_events_still_apply() {
     );
 
     // The cause is fixed; a replay applies the refused event once, the other stays.
-    sqlx::query("DROP TRIGGER refuse ON rm_posts.posts")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    sql(&app, "DROP TRIGGER refuse ON rm_posts.posts").await;
     let (_, cache) = projectors::open(&keel_tests::projections::config(&app))
         .await
         .unwrap();
@@ -495,7 +488,8 @@ async fn an_event_whose_predecessors_were_not_applied_takes_them_from_the_log() 
 async fn two_replays_at_once_apply_a_dead_letter_once() {
     let app = TestApp::spawn().await.unwrap();
     // Every like on a post is refused until the trigger goes: the like is dead-lettered.
-    sqlx::query(
+    sql(
+        &app,
         "CREATE FUNCTION keel_test_refuse_likes() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
              -- A batch may insert the post with its like already counted.
@@ -509,16 +503,13 @@ async fn two_replays_at_once_apply_a_dead_letter_once() {
              RETURN NEW;
          END $$",
     )
-    .execute(&app.pool)
-    .await
-    .unwrap();
-    sqlx::query(
+    .await;
+    sql(
+        &app,
         "CREATE TRIGGER refuse_likes BEFORE INSERT OR UPDATE ON rm_posts.posts
          FOR EACH ROW EXECUTE FUNCTION keel_test_refuse_likes()",
     )
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    .await;
     let projectors = Running::start(&app).await;
     let (_, ada) = app.register("Ada").await;
     let (_, bob) = app.register("Bob").await;
@@ -537,10 +528,7 @@ async fn two_replays_at_once_apply_a_dead_letter_once() {
         .unwrap();
     assert_eq!(letters.len(), 1, "{letters:?}");
 
-    sqlx::query("DROP TRIGGER refuse_likes ON rm_posts.posts")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    sql(&app, "DROP TRIGGER refuse_likes ON rm_posts.posts").await;
     let (_, cache) = projectors::open(&keel_tests::projections::config(&app))
         .await
         .unwrap();
@@ -559,4 +547,13 @@ async fn two_replays_at_once_apply_a_dead_letter_once() {
         .unwrap();
     assert_eq!(likes, 1);
     app.stop().await;
+}
+
+/// Runs one statement of test setup (a trigger that refuses, a sequence) on the app's
+/// database.
+async fn sql(app: &TestApp, statement: &str) {
+    sqlx::query(statement)
+        .execute(&app.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{statement}: {e}"));
 }

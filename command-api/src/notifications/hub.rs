@@ -8,7 +8,7 @@
 //! subscription had while it was down.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -55,7 +55,6 @@ pub struct Hub {
     pub sessions: TaskTracker,
     /// Origins allowed to open a socket from a browser; empty allows any.
     pub allowed_origins: Vec<String>,
-    sockets: AtomicUsize,
     evictions: AtomicU64,
 }
 
@@ -96,7 +95,6 @@ impl Hub {
             closing: CancellationToken::new(),
             sessions: TaskTracker::new(),
             allowed_origins,
-            sockets: AtomicUsize::new(0),
             evictions: AtomicU64::new(0),
         })
     }
@@ -120,7 +118,6 @@ impl Hub {
                 queue,
                 evicted: evicted.clone(),
             });
-        self.sockets.fetch_add(1, Ordering::Relaxed);
         Registration {
             hub: self.clone(),
             user,
@@ -134,11 +131,7 @@ impl Hub {
     fn remove(&self, user: UserId, id: u64) {
         let mut subscribers = self.subscribers();
         if let Some(sockets) = subscribers.get_mut(&user) {
-            let before = sockets.len();
             sockets.retain(|s| s.id != id);
-            if sockets.len() < before {
-                self.sockets.fetch_sub(1, Ordering::Relaxed);
-            }
             if sockets.is_empty() {
                 subscribers.remove(&user);
             }
@@ -147,7 +140,7 @@ impl Hub {
 
     /// Sockets open on this instance.
     pub fn sockets(&self) -> usize {
-        self.sockets.load(Ordering::Relaxed)
+        self.subscribers().values().map(Vec::len).sum()
     }
 
     /// Sockets closed for being too slow, since start.
@@ -188,13 +181,9 @@ impl Hub {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 socket.evicted.cancel();
-                self.sockets.fetch_sub(1, Ordering::Relaxed);
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.sockets.fetch_sub(1, Ordering::Relaxed);
-                false
-            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
         if sockets.is_empty() {
             subscribers.remove(&user);

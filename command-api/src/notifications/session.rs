@@ -46,7 +46,30 @@ pub struct Session {
 enum End {
     /// The client went away, or stopped answering: nothing to say to it.
     Gone,
-    Close(u16, &'static str),
+    ShuttingDown,
+    TooSlow,
+    TokenExpired,
+    HistoryUnavailable,
+}
+
+impl End {
+    /// The close frame the client gets, if any.
+    fn close_frame(&self) -> Option<CloseFrame> {
+        let (code, reason) = match self {
+            End::Gone => return None,
+            End::ShuttingDown => (GOING_AWAY, "server shutting down"),
+            End::TooSlow => (TRY_AGAIN_LATER, "too slow"),
+            End::TokenExpired => (TOKEN_EXPIRED, "token expired"),
+            End::HistoryUnavailable => (
+                SERVER_ERROR,
+                "notifications unavailable; reconnect with Last-Event-ID",
+            ),
+        };
+        Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        })
+    }
 }
 
 type Sink = SplitSink<WebSocket, Message>;
@@ -58,14 +81,10 @@ impl Session {
         let end = self
             .serve(&mut registration, &mut sink, &mut incoming)
             .await;
-        if let End::Close(code, reason) = end {
-            if code == TRY_AGAIN_LATER {
-                self.hub.record_eviction();
-            }
-            let frame = CloseFrame {
-                code,
-                reason: Utf8Bytes::from_static(reason),
-            };
+        if matches!(end, End::TooSlow) {
+            self.hub.record_eviction();
+        }
+        if let Some(frame) = end.close_frame() {
             let _ =
                 tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
         }
@@ -99,12 +118,12 @@ impl Session {
         loop {
             tokio::select! {
                 biased;
-                () = self.hub.closing.cancelled() => return End::Close(GOING_AWAY, "server shutting down"),
-                () = registration.evicted.cancelled() => return End::Close(TRY_AGAIN_LATER, "too slow"),
-                () = tokio::time::sleep_until(expiry) => return End::Close(TOKEN_EXPIRED, "token expired"),
+                () = self.hub.closing.cancelled() => return End::ShuttingDown,
+                () = registration.evicted.cancelled() => return End::TooSlow,
+                () = tokio::time::sleep_until(expiry) => return End::TokenExpired,
                 changed = registration.generation.changed() => {
                     if changed.is_err() {
-                        return End::Close(GOING_AWAY, "server shutting down");
+                        return End::ShuttingDown;
                     }
                     if let Err(end) = self.catch_up(registration, sink, &mut cursor).await {
                         return end;
@@ -126,7 +145,7 @@ impl Session {
                 }
                 live = registration.queue.recv() => {
                     let Some(live) = live else {
-                        return End::Close(TRY_AGAIN_LATER, "too slow");
+                        return End::TooSlow;
                     };
                     if let Err(end) = self.deliver(registration, sink, &mut cursor, live).await {
                         return end;
@@ -177,7 +196,7 @@ impl Session {
                 Ok(read) => read,
                 Err(error) => return Err(self.unavailable(&error)),
             },
-            () = self.hub.closing.cancelled() => return Err(End::Close(GOING_AWAY, "server shutting down")),
+            () = self.hub.closing.cancelled() => return Err(End::ShuttingDown),
         };
         if !complete {
             self.send(
@@ -211,18 +230,15 @@ impl Session {
             sent = tokio::time::timeout(WRITE_TIMEOUT, sink.send(message)) => match sent {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(_)) => Err(End::Gone),
-                Err(_) => Err(End::Close(TRY_AGAIN_LATER, "too slow")),
+                Err(_) => Err(End::TooSlow),
             },
-            () = registration.evicted.cancelled() => Err(End::Close(TRY_AGAIN_LATER, "too slow")),
-            () = self.hub.closing.cancelled() => Err(End::Close(GOING_AWAY, "server shutting down")),
+            () = registration.evicted.cancelled() => Err(End::TooSlow),
+            () = self.hub.closing.cancelled() => Err(End::ShuttingDown),
         }
     }
 
     fn unavailable(&self, error: &super::history::HistoryError) -> End {
         tracing::warn!(error = %error, "notification history unavailable; closing the socket");
-        End::Close(
-            SERVER_ERROR,
-            "notifications unavailable; reconnect with Last-Event-ID",
-        )
+        End::HistoryUnavailable
     }
 }
