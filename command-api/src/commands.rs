@@ -54,7 +54,10 @@ impl FromRequestParts<AppState> for CommandContext {
 pub struct Answer {
     pub created: bool,
     pub location: Option<String>,
-    pub extra: Option<(&'static str, String)>,
+    /// Fields added to the response body.
+    pub extra: Vec<(&'static str, serde_json::Value)>,
+    /// Adds `created_at`: when the (last) event was recorded.
+    pub stamped: bool,
 }
 
 impl Answer {
@@ -62,7 +65,8 @@ impl Answer {
         Self {
             created: false,
             location: None,
-            extra: None,
+            extra: vec![],
+            stamped: false,
         }
     }
 
@@ -70,7 +74,8 @@ impl Answer {
         Self {
             created: true,
             location: Some(location),
-            extra: None,
+            extra: vec![],
+            stamped: false,
         }
     }
 }
@@ -108,9 +113,19 @@ async fn execute(
         created_status: answer.created,
         location: answer.location,
         extra: answer.extra,
+        stamped: answer.stamped,
     };
     match state.writer.submit(submission).await {
-        Ok(outcome) => Ok(respond(outcome)),
+        Ok(outcome) => {
+            if changes_policy(&outcome) {
+                // This instance enforces the change before it answers; the others follow
+                // from the log (and Redis) within a second.
+                if let Err(error) = state.policy.catch_up().await {
+                    tracing::warn!(error = %error, "reading policy events failed");
+                }
+            }
+            Ok(respond(outcome))
+        }
         Err(CommandError::Domain(error)) => Err(error.into()),
         Err(CommandError::PreconditionFailed { current }) => {
             Err(ApiError::PreconditionFailed { current })
@@ -125,6 +140,17 @@ async fn execute(
             retry_after_secs: 1,
         }),
     }
+}
+
+/// Whether the command appended an event that changes what tokens may do.
+fn changes_policy(outcome: &Outcome) -> bool {
+    outcome.body["events"].as_array().is_some_and(|events| {
+        events.iter().any(|e| {
+            e["type"]
+                .as_str()
+                .is_some_and(|t| events::policy::EVENT_TYPES.contains(&t))
+        })
+    })
 }
 
 fn respond(outcome: Outcome) -> Response {

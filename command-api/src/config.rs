@@ -34,6 +34,29 @@ impl std::str::FromStr for ServiceKeys {
     }
 }
 
+/// A secret that never prints.
+#[derive(Clone, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
 fn parse_seconds(s: &str) -> Result<Duration, std::num::ParseIntError> {
     s.parse().map(Duration::from_secs)
 }
@@ -62,7 +85,7 @@ pub struct Config {
     #[arg(long, env = "KEEL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: String,
 
-    /// JWKS document of the identity provider.
+    /// JWKS document of the identity provider. Must be https unless its host is loopback.
     #[arg(long, env = "KEEL_JWKS_URL")]
     pub jwks_url: String,
 
@@ -70,9 +93,32 @@ pub struct Config {
     #[arg(long, env = "KEEL_JWT_ISSUER")]
     pub jwt_issuer: String,
 
-    /// When set, a token's `aud` must contain it.
-    #[arg(long, env = "KEEL_JWT_AUDIENCE")]
-    pub jwt_audience: Option<String>,
+    /// Comma-separated audiences: a token's `aud` must contain one of them.
+    #[arg(
+        long,
+        env = "KEEL_JWT_AUDIENCE",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub jwt_audience: Vec<String>,
+
+    /// RFC 7662 token introspection endpoint of the identity provider, asked before
+    /// sensitive operations (https unless its host is loopback). Unset: no introspection.
+    #[arg(long, env = "KEEL_INTROSPECTION_URL")]
+    pub introspection_url: Option<String>,
+
+    /// Client id Keel authenticates with at the introspection endpoint (HTTP Basic).
+    #[arg(long, env = "KEEL_INTROSPECTION_CLIENT_ID", default_value = "")]
+    pub introspection_client_id: String,
+
+    /// Client secret for the introspection endpoint.
+    #[arg(
+        long,
+        env = "KEEL_INTROSPECTION_CLIENT_SECRET",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub introspection_client_secret: Secret,
 
     /// Comma-separated keys accepted in `X-Api-Key` on `/internal/*` (two at once allow
     /// rotation). Without any, `/internal/*` refuses every request.

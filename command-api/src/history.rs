@@ -9,7 +9,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::auth::Principal;
+use crate::auth::{self, Principal};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::validation::{Fields, parse_id};
@@ -84,6 +84,7 @@ async fn global_log(
     Query(page): Query<Page>,
 ) -> Result<Response, ApiError> {
     require_admin(&principal)?;
+    auth::ensure_active(&state, &principal).await?;
     let (after, limit) = page.parse()?;
     let events = event_log::read_all(&state.pool, Position(after), limit)
         .await
@@ -99,6 +100,7 @@ async fn stream_events(
     Query(page): Query<Page>,
 ) -> Result<Response, ApiError> {
     require_admin(&principal)?;
+    auth::ensure_active(&state, &principal).await?;
     let stream: StreamId = parse_id(&stream_id, "stream")?;
     let (after, limit) = page.parse()?;
     let events = event_log::read_stream(&state.pool, &stream, Version(after), limit)

@@ -6,7 +6,9 @@
 //! queries that answer from the projectors' read models (and the Redis UI cache).
 //!
 //! - [`config`]: flags and environment. [`state`]: the handles handlers share.
-//! - [`auth`]: bearer JWTs against the cached JWKS; service keys for `/internal/*`.
+//! - [`auth`]: bearer JWTs against the cached JWKS, introspection for sensitive
+//!   operations; service keys for `/internal/*`. [`policy`]: live authorization
+//!   (revocations, roles and standing in Keel), kept current from the log.
 //! - [`request_id`], [`error`], [`body`], [`validation`]: the request edge, RFC 9457.
 //! - [`commands`]: `If-Match`, `Idempotency-Key`, metadata, responses.
 //! - [`writer`]: group commit of commands into the log.
@@ -14,8 +16,9 @@
 //! - [`consistency`]: `X-Min-Position` (read your writes) and read-model snapshots.
 //! - [`cache`]: the Redis UI cache, bounded by a short timeout and failing open.
 //! - The endpoints, each with `router()`: [`users`] (the User commands and the user
-//!   read), [`posts`] (the Blog commands), [`authors`], [`post_reads`], [`dashboard`],
-//!   [`internal`] (queries of the read models), [`history`], [`health`], [`metrics`].
+//!   read), [`posts`] (the Blog commands), [`revocations`], [`authors`], [`post_reads`],
+//!   [`dashboard`], [`internal`] (queries of the read models), [`history`], [`health`],
+//!   [`metrics`].
 //! - [`notifications`]: the WebSocket hub at `/ws/notifications`; [`page`]: the browser
 //!   page at `/` that shows them.
 //! - [`app`]: merges the routers and layers; [`build`] binds and starts everything.
@@ -36,10 +39,12 @@ pub mod internal;
 pub mod metrics;
 pub mod notifications;
 pub mod page;
+pub mod policy;
 pub mod post_reads;
 pub mod posts;
 pub mod publisher;
 pub mod request_id;
+pub mod revocations;
 pub mod state;
 pub mod users;
 pub mod validation;
@@ -66,6 +71,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(users::router())
         .merge(posts::router())
+        .merge(revocations::router())
         .merge(authors::router())
         .merge(post_reads::router())
         .merge(dashboard::router())
@@ -93,6 +99,17 @@ pub enum StartError {
     Stream(#[from] bus::StreamError),
     #[error("cannot build the JWKS client")]
     Jwks(#[source] auth::jwks::FetchError),
+    #[error("{variable} {reason}")]
+    InsecureUrl {
+        variable: &'static str,
+        reason: String,
+    },
+    #[error("KEEL_JWT_AUDIENCE names no audience")]
+    NoAudience,
+    #[error("cannot read the authorization policy from the log")]
+    Policy(#[source] events::policy::ReadError),
+    #[error("cannot build the introspection client")]
+    Introspection(#[source] reqwest::Error),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: String,
@@ -114,7 +131,42 @@ pub struct Application {
 
 /// Prepares the database, binds the listener and wires the state; nothing runs yet.
 pub async fn build(config: Config) -> Result<Application, StartError> {
+    let insecure = |variable| move |reason| StartError::InsecureUrl { variable, reason };
+    auth::ensure_secure_url(&config.jwks_url).map_err(insecure("KEEL_JWKS_URL"))?;
+    let audiences: Vec<String> = config
+        .jwt_audience
+        .iter()
+        .map(|a| a.trim().to_owned())
+        .filter(|a| !a.is_empty())
+        .collect();
+    if audiences.is_empty() {
+        return Err(StartError::NoAudience);
+    }
+    let introspection = match &config.introspection_url {
+        Some(url) => {
+            auth::ensure_secure_url(url).map_err(insecure("KEEL_INTROSPECTION_URL"))?;
+            Some(Arc::new(
+                auth::introspection::Introspection::new(
+                    url.clone(),
+                    config.introspection_client_id.clone(),
+                    config.introspection_client_secret.clone(),
+                )
+                .map_err(StartError::Introspection)?,
+            ))
+        }
+        None => {
+            tracing::warn!(
+                "KEEL_INTROSPECTION_URL is not set: sensitive operations trust the token alone"
+            );
+            None
+        }
+    };
     let pool = events::database::open(&config.database_url, config.db_pool_size).await?;
+    let policy = Arc::new(
+        policy::Policy::load(pool.clone())
+            .await
+            .map_err(StartError::Policy)?,
+    );
     let redis = redis::Client::open(config.redis_url.as_str()).map_err(StartError::Redis)?;
     let cache = cache::Cache::new(redis.clone()).map_err(StartError::Redis)?;
     let nats = async_nats::ConnectOptions::new()
@@ -131,7 +183,7 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
     let verifier = Arc::new(Verifier::new(
         keys.clone(),
         config.jwt_issuer.clone(),
-        config.jwt_audience.clone(),
+        audiences,
     ));
     let jetstream = async_nats::jetstream::new(nats.clone());
     let bus = bus::Bus {
@@ -161,6 +213,7 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
             redis.clone(),
             &config.stream,
             config.allowed_origins.clone(),
+            policy.clone(),
         )
         .map_err(StartError::Redis)?,
     );
@@ -169,6 +222,8 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
         pool: pool.clone(),
         writer: writer_handle,
         verifier,
+        policy: policy.clone(),
+        introspection,
         service_keys: Arc::new(ServiceKeyDigests::new(&config.service_keys)),
         nats,
         redis,
@@ -192,6 +247,11 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
     ));
     background.spawn(purge_idempotency_keys(pool, stop_background.clone()));
     background.spawn(hub.clone().subscribe(stop_background.clone()));
+    background.spawn(
+        hub.clone()
+            .enforce(policy.changes(), stop_background.clone()),
+    );
+    background.spawn(policy.run(stop_background.clone()));
     Ok(Application {
         listener,
         router: app(state),

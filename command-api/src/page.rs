@@ -1,5 +1,6 @@
-//! `/`: a minimal browser page (plain HTML and JS) that takes a token, opens
-//! `/ws/notifications` with the `keel.v1` and `bearer.<jwt>` subprotocols and lists the
+//! `/`: a minimal browser page (plain HTML and JS) that takes a token, trades it for a
+//! single-use ticket (`POST /api/ws-tickets`), opens `/ws/notifications` with the
+//! `keel.v1` and `ticket.<ticket>` subprotocols (no JWT in the handshake) and lists the
 //! notifications as they arrive, resuming with `last-event-id.<offset>` after a drop.
 
 use axum::Router;

@@ -123,7 +123,7 @@ async fn comment(
         },
     );
     let answer = Answer {
-        extra: Some(("comment_id", comment_id.to_string())),
+        extra: vec![("comment_id", serde_json::json!(comment_id))],
         ..Answer::created(format!("/api/posts/{id}"))
     };
     context.execute(&state, &body.raw, command, answer).await

@@ -5,10 +5,12 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use crate::auth::Verifier;
+use crate::auth::introspection::Introspection;
 use crate::auth::service_key::ServiceKeyDigests;
 use crate::cache::Cache;
 use crate::metrics::Metrics;
 use crate::notifications::hub::Hub;
+use crate::policy::Policy;
 use crate::writer::WriterHandle;
 
 #[derive(Clone)]
@@ -16,6 +18,10 @@ pub struct AppState {
     pub pool: PgPool,
     pub writer: WriterHandle,
     pub verifier: Arc<Verifier>,
+    /// What verified tokens may do now (revocations, roles and standing in Keel).
+    pub policy: Arc<Policy>,
+    /// Asked before sensitive operations, when configured.
+    pub introspection: Option<Arc<Introspection>>,
     /// The keys accepted on `/internal/*`.
     pub service_keys: Arc<ServiceKeyDigests>,
     pub nats: async_nats::Client,

@@ -9,7 +9,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use sqlx::PgExecutor;
 
-use crate::auth::Principal;
+use crate::auth::{self, Principal};
 use crate::body::JsonBody;
 use crate::commands::{Answer, CommandContext};
 use crate::consistency::MinPosition;
@@ -54,9 +54,21 @@ async fn register(
         return Err(fields.into_error());
     };
     let id = body.value.id.unwrap_or(context.principal.user_id);
+    // A user registering itself records the roles its token grants among Keel's; an
+    // admin registering someone else grants nothing of its own.
+    let roles = if id == context.principal.user_id {
+        context
+            .principal
+            .roles
+            .iter()
+            .filter_map(|r| Role::from_name(r))
+            .collect()
+    } else {
+        vec![]
+    };
     let command = Command::User {
         id,
-        command: UserCommand::Register { email, name },
+        command: UserCommand::Register { email, name, roles },
     };
     let answer = Answer::created(format!("/api/users/{id}"));
     context.execute(&state, &body.raw, command, answer).await
@@ -104,6 +116,7 @@ async fn change_roles(
     body: JsonBody<RolesBody>,
 ) -> Result<Response, ApiError> {
     let id: UserId = parse_id(&id, "user")?;
+    auth::ensure_active(&state, &context.principal).await?;
     if body.value.roles.is_empty() {
         let mut fields = Fields::default();
         fields.add("roles", "must name at least one role");
@@ -126,6 +139,9 @@ async fn deactivate(
     context: CommandContext,
 ) -> Result<Response, ApiError> {
     let id: UserId = parse_id(&id, "user")?;
+    if id != context.principal.user_id {
+        auth::ensure_active(&state, &context.principal).await?;
+    }
     let command = Command::User {
         id,
         command: UserCommand::Deactivate,

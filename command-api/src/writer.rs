@@ -51,7 +51,10 @@ pub struct Submission {
     pub created_status: bool,
     pub location: Option<String>,
     /// Extra response fields (e.g. the new comment's id).
-    pub extra: Option<(&'static str, String)>,
+    pub extra: Vec<(&'static str, serde_json::Value)>,
+    /// Adds `created_at` to the response: when its last event was recorded (now, when
+    /// the command appended nothing).
+    pub stamped: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,7 +295,7 @@ impl Writer {
             };
             let events: Vec<AppendedEvent> = rows[range.clone()]
                 .iter()
-                .zip(&appended[range])
+                .zip(&appended[range.clone()])
                 .map(|(row, a)| AppendedEvent {
                     id: row.event_id,
                     event_type: row.event.event_type(),
@@ -312,11 +315,25 @@ impl Writer {
                 "position": position,
                 "events": events,
             });
-            if let (Some((name, value)), Some(fields)) = (&s.extra, body.as_object_mut()) {
-                fields.insert((*name).to_owned(), serde_json::Value::String(value.clone()));
+            if let Some(fields) = body.as_object_mut() {
+                for (name, value) in &s.extra {
+                    fields.insert((*name).to_owned(), value.clone());
+                }
+                if s.stamped {
+                    let recorded_at = appended[range.clone()]
+                        .last()
+                        .map_or_else(chrono::Utc::now, |a| a.recorded_at);
+                    fields.insert("created_at".to_owned(), serde_json::json!(recorded_at));
+                }
             }
             let outcome = Outcome {
-                status: if s.created_status { 201 } else { 200 },
+                // A command that creates something but appended nothing (a repeated
+                // revocation) created nothing.
+                status: if s.created_status && !range.is_empty() {
+                    201
+                } else {
+                    200
+                },
                 body,
                 location: s.location.clone(),
                 replayed: false,

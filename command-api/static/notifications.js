@@ -1,6 +1,12 @@
-// Keel's notification page: opens /ws/notifications with the token as a subprotocol
-// (browsers cannot set headers on a WebSocket; a token in the URL would be logged), lists
-// what arrives, and on a drop reconnects with the last offset so nothing is missed.
+// Keel's notification page. It takes an access token (pasted, or from the URL fragment)
+// and keeps it in the page: before each (re)connect it mints a single-use ticket with it
+// (POST /api/ws-tickets, token in the Authorization header) and opens /ws/notifications
+// offering the subprotocols keel.v1 and ticket.<ticket>, so no JWT travels in the
+// WebSocket handshake (browsers cannot set headers on a WebSocket, and a token in the URL
+// would be logged). It lists what arrives and, after a drop, reconnects with a fresh
+// ticket and the last offset (last-event-id.<offset>) so nothing is missed. A refused
+// token (401/403 on the ticket), close code 4001 (token expired) and 4003 (access
+// revoked) end it until a new token is submitted.
 'use strict';
 
 const form = document.getElementById('connect');
@@ -9,6 +15,8 @@ const statusLine = document.getElementById('status');
 const list = document.getElementById('notifications');
 
 let socket = null;
+let session = 0; // bumped by each connect and each new token: older callbacks see a stale one
+let timer = null;
 let lastOffset = null;
 let retries = 0;
 
@@ -41,18 +49,69 @@ function show(text, type) {
   list.prepend(item);
 }
 
-function connect() {
-  const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
-  const protocols = ['keel.v1', 'bearer.' + tokenInput.value.trim()];
-  if (lastOffset) protocols.push('last-event-id.' + lastOffset);
-  const current = new WebSocket(scheme + location.host + '/ws/notifications', protocols);
-  socket = current;
+// A single-use ticket for the socket: {ticket} on 201, else {status, detail} (the
+// problem document's detail, when there is one).
+async function mintTicket(token) {
+  const response = await fetch('/api/ws-tickets', {
+    method: 'POST',
+    headers: { authorization: 'Bearer ' + token },
+    cache: 'no-store',
+    credentials: 'omit',
+  });
+  if (response.status === 201) {
+    const body = await response.json();
+    return { ticket: body.ticket };
+  }
+  let detail = null;
+  try {
+    detail = (await response.json()).detail || null;
+  } catch (_) {
+    // not a problem document
+  }
+  return { status: response.status, detail };
+}
+
+function retryLater(current, why) {
+  const delay = Math.min(30000, 500 * 2 ** retries++);
+  setStatus(`${why}; reconnecting in ${delay / 1000} s`);
+  timer = setTimeout(() => {
+    timer = null;
+    if (session === current) connect();
+  }, delay);
+}
+
+async function connect() {
+  const current = ++session;
   setStatus('connecting');
-  current.onopen = () => {
+  let minted;
+  try {
+    minted = await mintTicket(tokenInput.value.trim());
+  } catch (_) {
+    if (session === current) retryLater(current, 'cannot reach the server');
+    return;
+  }
+  if (session !== current) return;
+  if (!minted.ticket) {
+    if (minted.status === 401 || minted.status === 403) {
+      // Retrying cannot help: the token (or its user) is refused until a new one is given.
+      setStatus(minted.detail || (minted.status === 401 ? 'token refused' : 'not allowed'));
+      return;
+    }
+    retryLater(current, `no ticket (${minted.status})`);
+    return;
+  }
+  const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
+  const protocols = ['keel.v1', 'ticket.' + minted.ticket];
+  if (lastOffset) protocols.push('last-event-id.' + lastOffset);
+  const opened = new WebSocket(scheme + location.host + '/ws/notifications', protocols);
+  socket = opened;
+  opened.onopen = () => {
+    if (session !== current) return;
     retries = 0;
     setStatus('connected');
   };
-  current.onmessage = (event) => {
+  opened.onmessage = (event) => {
+    if (session !== current) return;
     const n = JSON.parse(event.data);
     if (n.type === 'recovery.incomplete') {
       show('Some older notifications could not be recovered.', n.type);
@@ -61,26 +120,41 @@ function connect() {
     lastOffset = n.offset;
     show(describe(n), n.type);
   };
-  current.onclose = (event) => {
-    if (socket !== current) return;
+  opened.onclose = (event) => {
+    if (session !== current) return;
+    socket = null;
     if (event.code === 4001) {
       setStatus('token expired: paste a new one and connect');
       return;
     }
-    const delay = Math.min(30000, 500 * 2 ** retries++);
-    setStatus(`disconnected (${event.code}); reconnecting in ${delay / 1000} s`);
-    setTimeout(() => { if (socket === current) connect(); }, delay);
+    if (event.code === 4003) {
+      setStatus('access revoked');
+      return;
+    }
+    // The ticket is spent: the next attempt mints a new one.
+    retryLater(current, `disconnected (${event.code})`);
   };
 }
 
-form.addEventListener('submit', (event) => {
-  event.preventDefault();
+// Abandons the current socket, pending reconnect and ticket request.
+function stop() {
+  session++;
+  if (timer) {
+    clearTimeout(timer);
+    timer = null;
+  }
   if (socket) {
     const old = socket;
     socket = null;
     old.close(1000);
   }
+}
+
+form.addEventListener('submit', (event) => {
+  event.preventDefault();
+  stop();
   lastOffset = null;
+  retries = 0;
   list.replaceChildren();
   connect();
 });

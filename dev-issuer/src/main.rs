@@ -2,12 +2,13 @@
 
 use anyhow::Context;
 use clap::Parser;
-use dev_issuer::Server;
+use dev_issuer::{Client, ClientSecret, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Server};
 
 /// DEV ONLY token issuer for Keel's demo and tests. NEVER USE IN PRODUCTION.
 ///
 /// WARNING: this server mints a validly signed token for ANY subject and ANY role
-/// (including admin) to anyone who asks on POST /token. It stands in for Keycloak on
+/// (including admin) to anyone who asks on POST /token. Its introspection and revocation
+/// endpoints take one client (HTTP Basic), by default `keel` with a well-known secret. It stands in for Keycloak on
 /// developer machines and in tests only. It must never be deployed, exposed on a
 /// network, or trusted by a production Keel.
 #[derive(Debug, Parser)]
@@ -19,6 +20,17 @@ struct Config {
     /// Public base URL overriding `http://ADDR`; the issuer is `<base>/realms/keel`.
     #[arg(long, env = "KEEL_DEV_ISSUER_URL")]
     public_url: Option<String>,
+    /// Client id allowed to call the introspection and revocation endpoints (HTTP Basic).
+    #[arg(long, env = "KEEL_DEV_ISSUER_CLIENT_ID", default_value = DEFAULT_CLIENT_ID)]
+    client_id: String,
+    /// That client's secret (the default is a well-known dev value).
+    #[arg(
+        long,
+        env = "KEEL_DEV_ISSUER_CLIENT_SECRET",
+        default_value = DEFAULT_CLIENT_SECRET,
+        hide_env_values = true
+    )]
+    client_secret: ClientSecret,
 }
 
 #[tokio::main]
@@ -33,7 +45,8 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
 
-    let server = Server::bind(&config.addr, config.public_url.as_deref())
+    let client = Client::new(config.client_id, config.client_secret);
+    let server = Server::bind(&config.addr, config.public_url.as_deref(), client)
         .await
         .with_context(|| format!("starting the dev issuer on {}", config.addr))?;
     let shutdown = shutdown_signal()?;
@@ -43,7 +56,13 @@ async fn main() -> anyhow::Result<()> {
         addr = %server.local_addr()?,
         "DEV ONLY token issuer: mints tokens for anyone, never use in production"
     );
-    println!("issuer={} jwks={}", issuer.issuer(), issuer.jwks_uri());
+    println!(
+        "issuer={} jwks={} introspection={} client_id={}",
+        issuer.issuer(),
+        issuer.jwks_uri(),
+        issuer.introspection_endpoint(),
+        server.client().id()
+    );
     server.run_until_stopped(shutdown).await?;
     tracing::info!("dev issuer stopped");
     Ok(())

@@ -13,7 +13,7 @@ use crate::ids::EventId;
 
 /// The `source` attribute: which Keel service owns events of this type.
 pub fn source(event_type: &str) -> &'static str {
-    if event_type.starts_with("user.") {
+    if event_type.starts_with("user.") || event_type.starts_with("token.") {
         "/keel/users"
     } else {
         "/keel/blog"

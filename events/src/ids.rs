@@ -59,12 +59,29 @@ uuid_id!(
     /// One event in the log (also its CloudEvent `id` and `Nats-Msg-Id`).
     EventId
 );
+uuid_id!(
+    /// A token named by its `jti`, as the log knows it: see [`TokenId::of_jti`].
+    TokenId
+);
+
+impl TokenId {
+    /// Namespace of token ids (a v5 UUID of the `jti`).
+    const NAMESPACE: Uuid = Uuid::from_u128(0x6b65_656c_2d74_6f6b_656e_2d6a_7469_0001);
+
+    /// The stream id of the token whose `jti` is `jti`: the same jti always names the
+    /// same stream, so revoking a token twice finds the first revocation.
+    pub fn of_jti(jti: &str) -> Self {
+        Self(Uuid::new_v5(&Self::NAMESPACE, jti.as_bytes()))
+    }
+}
 
 /// The kinds of aggregate whose streams live in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AggregateKind {
     User,
     Post,
+    /// A token revoked by its `jti` (`token.revoked`).
+    Token,
 }
 
 impl AggregateKind {
@@ -72,11 +89,12 @@ impl AggregateKind {
         match self {
             Self::User => "user",
             Self::Post => "post",
+            Self::Token => "token",
         }
     }
 }
 
-/// A stream of one aggregate: `user-<uuid>` or `post-<uuid>`.
+/// A stream of one aggregate: `user-<uuid>`, `post-<uuid>` or `token-<uuid>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct StreamId {
@@ -99,6 +117,13 @@ impl StreamId {
         }
     }
 
+    pub fn token(id: TokenId) -> Self {
+        Self {
+            kind: AggregateKind::Token,
+            id: id.0,
+        }
+    }
+
     pub fn kind(&self) -> AggregateKind {
         self.kind
     }
@@ -117,7 +142,7 @@ impl fmt::Display for StreamId {
 
 /// A string that is not `user-<uuid>` or `post-<uuid>`.
 #[derive(Debug, thiserror::Error)]
-#[error("not a stream id (expected user-<uuid> or post-<uuid>)")]
+#[error("not a stream id (expected user-<uuid>, post-<uuid> or token-<uuid>)")]
 pub struct InvalidStreamId;
 
 impl std::str::FromStr for StreamId {
@@ -129,6 +154,7 @@ impl std::str::FromStr for StreamId {
         let stream = match prefix {
             "user" => Self::user(UserId(id)),
             "post" => Self::post(PostId(id)),
+            "token" => Self::token(TokenId(id)),
             _ => return Err(InvalidStreamId),
         };
         // One spelling per stream: the canonical, lowercase, hyphenated one.

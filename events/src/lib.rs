@@ -12,6 +12,7 @@
 //! - [`leader`]: one active instance among several (a Postgres advisory lock).
 //! - [`notification`]: what the relay derives from events, its Redis keys and offsets.
 //! - [`outbox`]: the publisher's checkpoint and republish requests (the log is the outbox).
+//! - [`policy`]: what authorization folds from the log, and the invalidation channels.
 //! - [`process`]: logging and the stop signal, the same in every binary.
 //! - [`read_model`]: the projections, where their models live, how far each has applied.
 //! - [`MIGRATOR`]: the schema, owned by `events/migrations`.
@@ -24,6 +25,7 @@ pub mod ids;
 pub mod leader;
 pub mod notification;
 pub mod outbox;
+pub mod policy;
 pub mod process;
 pub mod read_model;
 

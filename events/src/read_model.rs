@@ -60,23 +60,23 @@ impl Projection {
         format!("projector-{}", self.name())
     }
 
-    /// Prefixes of the streams it reads (`user-`, `post-`): all of each such stream.
+    /// Prefixes of the streams it reads (`user-`, `post-`, `token-`): all of each such
+    /// stream. `users` reads the revoked tokens too: it is the projection that announces
+    /// policy changes (`events::policy`), and a revoked `jti` is one.
     pub fn stream_prefixes(self) -> &'static [&'static str] {
         match self {
-            Projection::Users => &["user-"],
+            Projection::Users => &["user-", "token-"],
             Projection::Posts => &["post-"],
             Projection::Authors | Projection::Dashboard => &["user-", "post-"],
         }
     }
 
-    /// Its subject filter under `<prefix>`: user streams are all on `user.*`; post streams
-    /// span `post.*` and `comment.*`, so a projection of posts reads everything (the
-    /// server, NATS 2.9, takes one filter per consumer).
+    /// Its subject filter under `<prefix>`: user and token streams span `user.*` and
+    /// `token.*`, post streams `post.*` and `comment.*`, so every projection reads
+    /// everything (the server, NATS 2.9, takes one filter per consumer) and skips the
+    /// streams it does not read.
     pub fn filter_subject(self, subject_prefix: &str) -> String {
-        match self {
-            Projection::Users => format!("{subject_prefix}.user.>"),
-            _ => format!("{subject_prefix}.>"),
-        }
+        format!("{subject_prefix}.>")
     }
 
     /// Whether an event of `stream_id` belongs to this projection.
@@ -206,7 +206,9 @@ mod tests {
     fn a_projection_reads_only_its_stream_kinds() {
         let user = "user-0190c2a0-0000-7000-8000-000000000000";
         let post = "post-0190c2a0-0000-7000-8000-000000000000";
+        let token = "token-0190c2a0-0000-7000-8000-000000000000";
         assert!(Projection::Users.reads(user) && !Projection::Users.reads(post));
+        assert!(Projection::Users.reads(token) && !Projection::Posts.reads(token));
         assert!(Projection::Posts.reads(post) && !Projection::Posts.reads(user));
         assert!(Projection::Dashboard.reads(user) && Projection::Dashboard.reads(post));
     }

@@ -9,14 +9,17 @@ use cloudevents::{AttributesReader, Data};
 use events::domain::post::{
     CommentAdded, PostCreated, PostDeleted, PostLiked, PostPublished, PostUnliked, PostUpdated,
 };
-use events::domain::user::{UserDeactivated, UserRegistered, UserRoleChanged, UserUpdated};
+use events::domain::token::TokenRevoked;
+use events::domain::user::{
+    UserDeactivated, UserRegistered, UserRoleChanged, UserTokensRevoked, UserUpdated,
+};
 use events::domain::{
     Actor, Command, CommentBody, DomainError, Email, Event, Name, PostBody, PostCommand, PostEvent,
-    PostStatus, Role, Standing, State, Title, UserCommand, UserEvent,
+    PostStatus, Role, Standing, State, Title, TokenEvent, UserCommand, UserEvent,
 };
 use events::envelope;
 use events::event_log::{Metadata, RecordedEvent};
-use events::ids::{CommentId, EventId, Position, PostId, StreamId, UserId, Version};
+use events::ids::{CommentId, EventId, Position, PostId, StreamId, TokenId, UserId, Version};
 use proptest::prelude::*;
 use proptest::sample::select;
 use uuid::Uuid;
@@ -77,6 +80,9 @@ fn user_event() -> impl Strategy<Value = UserEvent> {
             })
         }),
         user_id().prop_map(|id| UserEvent::Deactivated(UserDeactivated { id })),
+        (user_id(), any::<i64>()).prop_map(|(id, issued_up_to)| {
+            UserEvent::TokensRevoked(UserTokensRevoked { id, issued_up_to })
+        }),
     ]
 }
 
@@ -132,6 +138,9 @@ fn event() -> impl Strategy<Value = Event> {
     prop_oneof![
         4 => user_event().prop_map(Event::User),
         7 => post_event().prop_map(Event::Post),
+        1 => ("[!-~]{1,40}", any::<i64>()).prop_map(|(jti, expires_at)| {
+            Event::Token(TokenEvent::Revoked(TokenRevoked { jti, expires_at }))
+        }),
     ]
 }
 
@@ -178,6 +187,7 @@ fn recorded_event() -> impl Strategy<Value = (Event, RecordedEvent)> {
                 let stream_id = match event {
                     Event::User(_) => StreamId::user(UserId(aggregate)),
                     Event::Post(_) => StreamId::post(PostId(aggregate)),
+                    Event::Token(_) => StreamId::token(TokenId(aggregate)),
                 };
                 let recorded = RecordedEvent {
                     position: Position(position),
@@ -258,7 +268,8 @@ fn comment_body() -> impl Strategy<Value = CommentBody> {
 
 fn user_command() -> impl Strategy<Value = UserCommand> {
     prop_oneof![
-        2 => (email(), name()).prop_map(|(email, name)| UserCommand::Register { email, name }),
+        2 => (email(), name(), roles())
+            .prop_map(|(email, name, roles)| UserCommand::Register { email, name, roles }),
         2 => (prop::option::of(email()), prop::option::of(name()))
             .prop_map(|(email, name)| UserCommand::Update { email, name }),
         2 => roles().prop_map(|roles| UserCommand::ChangeRoles { roles }),
@@ -306,7 +317,11 @@ fn script() -> impl Strategy<Value = Vec<(usize, Command)>> {
                 .enumerate()
                 .filter(|(_, (registers, _, _))| *registers)
                 .map(|(i, (_, email, name))| {
-                    let command = UserCommand::Register { email, name };
+                    let command = UserCommand::Register {
+                        email,
+                        name,
+                        roles: vec![],
+                    };
                     (
                         i,
                         Command::User {
@@ -330,6 +345,7 @@ fn stream_named_by(event: &Event) -> StreamId {
     match event {
         Event::User(e) => StreamId::user(e.user_id()),
         Event::Post(e) => StreamId::post(e.post_id()),
+        Event::Token(TokenEvent::Revoked(e)) => StreamId::token(TokenId::of_jti(&e.jti)),
     }
 }
 

@@ -1,7 +1,9 @@
-//! The dashboard cache in Redis, seen from the writer's side: after a batch commits, the
-//! dashboards it changed are deleted (the API refills them cache-aside). Redis being away
-//! never stops a projection: the failure is logged and the entries expire by their TTL
-//! (`events::read_model::DASHBOARD_TTL_SECS`).
+//! Redis, seen from the projectors: after a batch commits, the dashboards it changed are
+//! deleted (the API refills them cache-aside), and the policy changes it applied are
+//! announced on `policy.invalidate.*` (every command-api instance evicts what it cached).
+//! Redis being away never stops a projection: the failure is logged; the cached
+//! dashboards expire by their TTL (`events::read_model::DASHBOARD_TTL_SECS`) and the API
+//! instances read policy changes from the log within a second anyway.
 
 use std::time::Duration;
 
@@ -57,6 +59,26 @@ impl Cache {
         }
     }
 
+    /// Publishes an (empty) message on each of `channels` (`policy.invalidate.*`).
+    pub async fn announce(&self, channels: &[String]) {
+        if channels.is_empty() {
+            return;
+        }
+        let Some(mut connection) = self.connect().await else {
+            return;
+        };
+        let mut pipeline = redis::pipe();
+        for channel in channels {
+            pipeline.cmd("PUBLISH").arg(channel).arg("").ignore();
+        }
+        match tokio::time::timeout(REDIS_TIMEOUT, pipeline.query_async::<()>(&mut connection)).await
+        {
+            Ok(Ok(())) => tracing::debug!(channels = channels.len(), "policy changes announced"),
+            Ok(Err(error)) => self.failed(&error.to_string()).await,
+            Err(_) => self.failed("timed out").await,
+        }
+    }
+
     async fn run(&self, command: &redis::Cmd, users: usize) {
         let Some(mut connection) = self.connect().await else {
             return;
@@ -98,7 +120,7 @@ impl Cache {
     async fn failed(&self, error: &str) {
         tracing::warn!(
             error,
-            "cache invalidation failed; cached dashboards expire by ttl"
+            "redis invalidation failed; cached dashboards expire by ttl, api instances tail the log"
         );
         *self.connection.lock().await = None;
     }

@@ -22,7 +22,8 @@ use crate::dead_letter_queue::{DeadLetterError, DeadLetterQueue, Letter};
 use crate::ledger::{self, ApplyError, Outcome};
 use events::envelope;
 use events::event_log::RecordedEvent;
-use events::ids::UserId;
+use events::ids::{AggregateKind, UserId};
+use events::policy;
 use events::read_model::{self, Projection};
 
 /// Most messages applied in one transaction.
@@ -215,10 +216,12 @@ impl Projector {
         let mut stale = Vec::new();
         match self.transact(&events, &mut stale).await {
             Ok(outcomes) => {
+                let announced = self.policy_changes(&events, &outcomes);
                 for ((message, _), outcome) in deliveries.iter().zip(outcomes) {
                     settle(message, outcome).await;
                 }
                 self.cache.invalidate(&mut stale).await;
+                self.cache.announce(&announced).await;
                 Ok(())
             }
             Err(error) if error.is_unavailable() => {
@@ -236,6 +239,33 @@ impl Projector {
                 self.one_at_a_time(&deliveries).await
             }
         }
+    }
+
+    /// The `policy.invalidate.*` channels to announce for the policy events of a batch
+    /// just committed (`users` only, the projection that reads every policy event).
+    /// Duplicates are announced again: the instance that applied them first may have
+    /// died before announcing, and an extra eviction costs one read.
+    fn policy_changes(&self, events: &[&RecordedEvent], outcomes: &[Outcome]) -> Vec<String> {
+        if self.projection != Projection::Users {
+            return vec![];
+        }
+        let mut channels: Vec<String> = events
+            .iter()
+            .zip(outcomes)
+            .filter(|(event, outcome)| {
+                **outcome != Outcome::Early
+                    && policy::EVENT_TYPES.contains(&event.event_type.as_str())
+            })
+            .map(|(event, _)| match event.stream_id.kind() {
+                AggregateKind::User => {
+                    policy::invalidate_channel(UserId(event.stream_id.aggregate_id()))
+                }
+                AggregateKind::Token | AggregateKind::Post => policy::INVALIDATE_ALL.to_owned(),
+            })
+            .collect();
+        channels.sort_unstable();
+        channels.dedup();
+        channels
     }
 
     async fn transact(
@@ -263,10 +293,12 @@ impl Projector {
                 let mut stale = Vec::new();
                 match self.transact(&[event], &mut stale).await {
                     Ok(outcomes) => {
+                        let announced = self.policy_changes(&[event], &outcomes);
                         for outcome in outcomes {
                             settle(message, outcome).await;
                         }
                         self.cache.invalidate(&mut stale).await;
+                        self.cache.announce(&announced).await;
                         break;
                     }
                     Err(error) if error.is_unavailable() => {

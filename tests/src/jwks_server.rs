@@ -10,11 +10,14 @@ use axum::extract::State;
 use axum::routing::get;
 use dev_issuer::Issuer;
 
-/// One issuer (fresh keys) per test binary: generating RSA keys is slow.
-pub fn issuer() -> &'static Issuer {
-    static ISSUER: LazyLock<Issuer> = LazyLock::new(|| {
-        Issuer::generate("http://keel-tests.invalid/realms/keel")
-            .expect("the dev issuer generates its keys")
+/// One issuer (fresh keys) per test binary: generating RSA keys is slow. An `Arc`, so an
+/// [`IdentityProvider`](crate::identity_provider::IdentityProvider) can serve it too.
+pub fn issuer() -> &'static Arc<Issuer> {
+    static ISSUER: LazyLock<Arc<Issuer>> = LazyLock::new(|| {
+        Arc::new(
+            Issuer::generate("http://keel-tests.invalid/realms/keel")
+                .expect("the dev issuer generates its keys"),
+        )
     });
     &ISSUER
 }

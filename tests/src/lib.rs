@@ -1,5 +1,6 @@
 //! Keel's end-to-end test kit: a fresh database per test, the real command API bound on
-//! port 0, a JWKS server of the dev issuer's keys, and bounded polling.
+//! port 0, a JWKS server of the dev issuer's keys, its introspection endpoint, and
+//! bounded polling.
 //!
 //! Pipeline under test: HTTP command -> decide -> Postgres event log (-> JetStream ->
 //! projectors / relay -> Redis -> WebSocket). Nothing here mocks
@@ -8,6 +9,7 @@
 pub mod api_process;
 pub mod browser;
 pub mod forge;
+pub mod identity_provider;
 pub mod jwks_server;
 pub mod nats_server;
 pub mod notifications;
@@ -21,6 +23,7 @@ pub mod worker_process;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+pub use identity_provider::IdentityProvider;
 pub use jwks_server::JwksServer;
 pub use test_app::TestApp;
 

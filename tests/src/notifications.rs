@@ -58,6 +58,8 @@ pub enum Auth<'a> {
     Header(&'a str),
     /// Browser style: subprotocols `keel.v1` and `bearer.<token>`.
     Subprotocol(&'a str),
+    /// The page's way: subprotocols `keel.v1` and `ticket.<ticket>`.
+    Ticket(&'a str),
     Nothing,
 }
 
@@ -90,6 +92,13 @@ impl<'a> Connect<'a> {
         Self {
             auth: Auth::Subprotocol(token),
             ..Self::header(token)
+        }
+    }
+
+    pub fn ticket(ticket: &'a str) -> Self {
+        Self {
+            auth: Auth::Ticket(ticket),
+            ..Self::header(ticket)
         }
     }
 
@@ -138,11 +147,17 @@ pub async fn try_connect(base_url: &str, how: Connect<'_>) -> Result<Socket, Ref
             protocols.push("keel.v1".to_owned());
             protocols.push(format!("bearer.{token}"));
         }
+        Auth::Ticket(ticket) => {
+            protocols.push("keel.v1".to_owned());
+            protocols.push(format!("ticket.{ticket}"));
+        }
         Auth::Nothing => {}
     }
     if let Some(offset) = how.resume {
         match how.auth {
-            Auth::Subprotocol(_) => protocols.push(format!("last-event-id.{offset}")),
+            Auth::Subprotocol(_) | Auth::Ticket(_) => {
+                protocols.push(format!("last-event-id.{offset}"))
+            }
             _ => {
                 headers.insert("last-event-id", offset.parse().expect("header"));
             }

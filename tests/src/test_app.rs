@@ -98,20 +98,19 @@ impl TestApp {
         format!("{}{}", self.base_url, path)
     }
 
-    /// A valid RS256 token for `sub` with the given roles.
+    /// A valid RS256 token for `sub` with the given roles (audience `keel`, a `jti`).
     pub fn token(&self, sub: Uuid, roles: &[&str]) -> String {
         mint(TokenRequest {
             sub: sub.to_string(),
             roles: roles.iter().map(|r| (*r).to_owned()).collect(),
             ttl_seconds: 3600,
             alg: Alg::Rs256,
-            audience: None,
-            email: None,
-            name: None,
+            ..TokenRequest::default()
         })
     }
 
-    /// An admin's token (a fresh admin id each call).
+    /// An admin's token (a fresh admin id each call, not registered: Keel takes the
+    /// token's roles until it registers).
     pub fn admin_token(&self) -> String {
         self.token(Uuid::new_v4(), &["user", "admin"])
     }
@@ -204,7 +203,10 @@ pub fn test_config(database_url: String, jwks: &JwksServer) -> command_api::Conf
         http_addr: "127.0.0.1:0".to_owned(),
         jwks_url: jwks.url.clone(),
         jwt_issuer: issuer().issuer().to_owned(),
-        jwt_audience: None,
+        jwt_audience: vec![dev_issuer::DEFAULT_AUDIENCE.to_owned()],
+        introspection_url: None,
+        introspection_client_id: String::new(),
+        introspection_client_secret: Default::default(),
         service_keys: SERVICE_KEY.parse().unwrap_or_default(),
         allowed_origins: vec![],
         stream: unique_name("EVENTS_TEST"),

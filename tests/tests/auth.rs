@@ -3,7 +3,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use dev_issuer::{Alg, TokenRequest};
+use dev_issuer::{Alg, DEFAULT_AUDIENCE, TokenRequest};
 use keel_tests::forge::{Forger, hs256, unsigned};
 use keel_tests::jwks_server::issuer;
 use keel_tests::test_app::{mint, test_config};
@@ -19,8 +19,8 @@ fn now() -> i64 {
 }
 
 fn claims(sub: &str) -> Value {
-    json!({"iss": issuer().issuer(), "sub": sub, "exp": now() + 600, "iat": now(),
-           "realm_access": {"roles": ["user"]}})
+    json!({"iss": issuer().issuer(), "aud": DEFAULT_AUDIENCE, "sub": sub, "exp": now() + 600,
+           "iat": now(), "realm_access": {"roles": ["user"]}})
 }
 
 fn with(mut base: Value, key: &str, value: Value) -> Value {
@@ -35,6 +35,14 @@ fn without(mut base: Value, key: &str) -> Value {
 
 /// Serves the issuer's keys plus the forger's key and a Keycloak-style encryption key.
 async fn app_with_forger() -> (TestApp, Forger) {
+    let (jwks, forger) = jwks_with_forger().await;
+    let config = test_config(keel_tests::fresh_database().await.unwrap(), &jwks);
+    let app = TestApp::spawn_with(config, jwks).await.unwrap();
+    (app, forger)
+}
+
+/// A JWKS server of the issuer's keys, the forger's key and an encryption key.
+async fn jwks_with_forger() -> (JwksServer, Forger) {
     let forger = Forger::new("forger-es256").unwrap();
     let jwks = JwksServer::start().await.unwrap();
     let mut document = issuer().jwks();
@@ -46,9 +54,7 @@ async fn app_with_forger() -> (TestApp, Forger) {
     enc["alg"] = json!("RSA-OAEP");
     keys.push(enc);
     jwks.set_document(document);
-    let config = test_config(keel_tests::fresh_database().await.unwrap(), &jwks);
-    let app = TestApp::spawn_with(config, jwks).await.unwrap();
-    (app, forger)
+    (jwks, forger)
 }
 
 async fn status_of(app: &TestApp, token: &str) -> u16 {
@@ -76,10 +82,7 @@ async fn the_attack_catalogue_is_refused_without_side_effects() {
             sub: sub.clone(),
             roles: vec!["admin".into()],
             ttl_seconds: 600,
-            alg: Alg::Rs256,
-            audience: None,
-            email: None,
-            name: None,
+            ..Default::default()
         })
         .unwrap();
     // The foreign token, relabelled with our key id: a signature by another key.
@@ -96,10 +99,7 @@ async fn the_attack_catalogue_is_refused_without_side_effects() {
         sub: sub.clone(),
         roles: vec!["user".into()],
         ttl_seconds: 600,
-        alg: Alg::Rs256,
-        audience: None,
-        email: None,
-        name: None,
+        ..Default::default()
     });
     let truncated = valid_rs[..valid_rs.len() - 6].to_owned();
     let attacker_jwk_header = json!({"alg": "ES256", "kid": "attacker", "jwk": forger.jwk});
@@ -159,9 +159,7 @@ async fn the_attack_catalogue_is_refused_without_side_effects() {
         roles: vec![],
         ttl_seconds: 600,
         alg: Alg::Es256,
-        audience: None,
-        email: None,
-        name: None,
+        ..Default::default()
     });
     assert_eq!(
         status_of(&app, &valid_es).await,
@@ -229,29 +227,48 @@ async fn cached_keys_keep_working_while_the_identity_provider_is_down() {
 
 #[tokio::test]
 async fn a_configured_audience_must_be_in_the_token() {
-    let jwks = JwksServer::start().await.unwrap();
+    let (jwks, forger) = jwks_with_forger().await;
     let mut config = test_config(keel_tests::fresh_database().await.unwrap(), &jwks);
-    config.jwt_audience = Some("keel".to_owned());
+    config.jwt_audience = vec!["blog".to_owned(), DEFAULT_AUDIENCE.to_owned()];
     let app = TestApp::spawn_with(config, jwks).await.unwrap();
+    let sub = || uuid::Uuid::new_v4().to_string();
+    let forged = |claims: Value| forger.sign(&json!({"alg": "ES256", "kid": forger.kid}), &claims);
+    // The dev issuer always sets `aud` (`keel` unless asked otherwise): a token without
+    // one is forged.
     let request = |audience: Option<&str>| TokenRequest {
-        sub: uuid::Uuid::new_v4().to_string(),
-        roles: vec![],
+        sub: sub(),
         ttl_seconds: 600,
-        alg: Alg::Rs256,
         audience: audience.map(str::to_owned),
-        email: None,
-        name: None,
+        ..Default::default()
     };
-    assert_eq!(status_of(&app, &mint(request(None))).await, 401, "no aud");
+    assert_eq!(
+        status_of(&app, &forged(without(claims(&sub()), "aud"))).await,
+        401,
+        "no aud"
+    );
     assert_eq!(
         status_of(&app, &mint(request(Some("other")))).await,
         401,
         "wrong aud"
     );
     assert_eq!(
-        status_of(&app, &mint(request(Some("keel")))).await,
+        status_of(
+            &app,
+            &forged(with(claims(&sub()), "aud", json!(["other", "blog"])))
+        )
+        .await,
         201,
-        "right aud"
+        "a list containing a configured aud"
+    );
+    assert_eq!(
+        status_of(&app, &mint(request(Some("blog")))).await,
+        201,
+        "the second configured aud"
+    );
+    assert_eq!(
+        status_of(&app, &mint(request(None))).await,
+        201,
+        "the issuer's default aud, keel"
     );
     app.stop().await;
 }

@@ -23,6 +23,8 @@ pub enum FetchError {
     Http(#[source] reqwest::Error),
     #[error("the JWKS document is not JSON of the expected shape")]
     Shape(#[source] reqwest::Error),
+    #[error("the JWKS document holds no usable signing key; keeping the cached keys")]
+    NoUsableKey,
 }
 
 #[derive(Deserialize)]
@@ -125,7 +127,9 @@ impl KeySet {
         self.cached(kid)
     }
 
-    /// Fetches now (start-up and background refresh). On failure the cached keys stay.
+    /// Fetches now (start-up and background refresh). On failure, or when the document
+    /// holds no usable key (an identity provider mid-misconfiguration), the cached keys
+    /// stay.
     pub async fn refresh(&self) -> Result<usize, FetchError> {
         self.fetch().await
     }
@@ -140,6 +144,9 @@ impl KeySet {
             .map_err(FetchError::Http)?;
         let document: Document = response.json().await.map_err(FetchError::Shape)?;
         let keys = signing_keys(document);
+        if keys.is_empty() {
+            return Err(FetchError::NoUsableKey);
+        }
         let count = keys.len();
         let mut slot = match self.keys.write() {
             Ok(slot) => slot,

@@ -4,13 +4,21 @@
 //! Only the `kid` in the token header selects a key, and only from Keel's own cached
 //! JWKS: `jku`, `x5u`, `jwk` and `x5c` header fields are never followed. `alg` must be
 //! one Keel accepts *and* fit the selected key (so `none`, or HS256 "signed" with a
-//! public key, cannot pass). `exp`, `iss` and `sub` are required, with their JSON
-//! types checked; `nbf` and `iat` are honoured with a small leeway.
+//! public key, cannot pass). `exp`, `iss`, `sub` and `aud` (one of `KEEL_JWT_AUDIENCE`)
+//! are required, with their JSON types checked; `nbf` and `iat` are honoured with a
+//! small leeway. A `typ` other than `Bearer` (an ID or refresh token) is refused, and so
+//! is a token granting `admin` without a `jti` (it could not be revoked alone).
+//!
+//! A verified token is then authorized live by [`crate::policy`] (revocations, the
+//! user's roles and standing in Keel); sensitive operations also ask the identity
+//! provider ([`introspection`]).
 
+pub mod introspection;
 pub mod jwks;
 pub mod service_key;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::FromRequestParts;
@@ -39,13 +47,43 @@ const ACCEPTED: [Algorithm; 8] = [
     Algorithm::ES384,
 ];
 
+/// The bearer token itself, kept for introspection; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(Arc<str>);
+
+impl BearerToken {
+    /// For a caller that proved itself otherwise (a WebSocket ticket).
+    pub fn none() -> Self {
+        Self(Arc::from(""))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken([redacted])")
+    }
+}
+
 /// The authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub user_id: UserId,
+    /// The roles Keel acts on: the token's, cut down to the user's roles in Keel once it
+    /// is registered (see [`crate::policy`]).
     pub roles: Vec<String>,
     /// The token's `exp` (Unix seconds): a WebSocket closes then.
     pub expires_at: i64,
+    /// The token's `iat`, compared with a user's revocation cut-off.
+    pub issued_at: Option<i64>,
+    /// The token's `jti`, compared with the revoked tokens.
+    pub jti: Option<Arc<str>>,
+    /// Whether the user has registered in Keel (known once authorized).
+    pub registered: bool,
+    pub token: BearerToken,
 }
 
 impl Principal {
@@ -67,8 +105,15 @@ struct Claims {
     #[serde(default)]
     iat: Option<i64>,
     #[serde(default)]
+    jti: Option<String>,
+    #[serde(default)]
+    typ: Option<String>,
+    #[serde(default)]
     realm_access: Option<RealmAccess>,
 }
+
+/// The `typ` of an access token (Keycloak's); ID and refresh tokens say otherwise.
+const ACCESS_TOKEN_TYPE: &str = "Bearer";
 
 /// Tokens already verified, by SHA-256 of the whole token: clients send the same token
 /// for minutes, and an RSA verification costs far more than the rest of a command.
@@ -87,16 +132,16 @@ pub const VERIFIED_TTL_SECS: i64 = 300;
 pub struct Verifier {
     keys: Arc<KeySet>,
     issuer: String,
-    audience: Option<String>,
+    audiences: Vec<String>,
     verified: Mutex<Verified>,
 }
 
 impl Verifier {
-    pub fn new(keys: Arc<KeySet>, issuer: String, audience: Option<String>) -> Self {
+    pub fn new(keys: Arc<KeySet>, issuer: String, audiences: Vec<String>) -> Self {
         Self {
             keys,
             issuer,
-            audience,
+            audiences,
             verified: Mutex::new(Verified {
                 entries: HashMap::new(),
             }),
@@ -132,6 +177,10 @@ impl Verifier {
             return Ok(principal);
         }
         let principal = self.verify_signed(token, now).await?;
+        let principal = Principal {
+            token: BearerToken(Arc::from(token)),
+            ..principal
+        };
         let until = principal
             .expires_at
             .saturating_add(LEEWAY_SECS as i64)
@@ -141,6 +190,9 @@ impl Verifier {
     }
 
     async fn verify_signed(&self, token: &str, now: i64) -> Result<Principal, &'static str> {
+        if self.audiences.is_empty() {
+            return Err("no audience is accepted");
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| "malformed token")?;
         if !ACCEPTED.contains(&header.alg) {
             return Err("token algorithm not accepted");
@@ -156,16 +208,8 @@ impl Verifier {
         validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;
         validation.set_issuer(&[&self.issuer]);
-        match &self.audience {
-            Some(aud) => {
-                validation.set_audience(&[aud]);
-                validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
-            }
-            None => {
-                validation.validate_aud = false;
-                validation.set_required_spec_claims(&["exp", "iss", "sub"]);
-            }
-        }
+        validation.set_audience(&self.audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
         let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
             .map_err(|e| reason(e.kind()))?;
         let claims = data.claims;
@@ -176,11 +220,26 @@ impl Verifier {
             .sub
             .parse::<UserId>()
             .map_err(|_| "token subject is not a UUID")?;
+        if claims
+            .typ
+            .as_deref()
+            .is_some_and(|typ| !typ.eq_ignore_ascii_case(ACCESS_TOKEN_TYPE))
+        {
+            return Err("not an access token (typ)");
+        }
         let roles = claims.realm_access.map(|r| r.roles).unwrap_or_default();
+        let jti = claims.jti.filter(|jti| !jti.is_empty()).map(Arc::from);
+        if jti.is_none() && roles.iter().any(|r| r == "admin") {
+            return Err("an admin token must carry a jti");
+        }
         Ok(Principal {
             user_id,
             roles,
             expires_at: claims.exp as i64,
+            issued_at: claims.iat,
+            jti,
+            registered: false,
+            token: BearerToken::none(),
         })
     }
 }
@@ -216,7 +275,7 @@ impl FromRequestParts<AppState> for Principal {
 }
 
 /// The caller of `token` (none sent: 401 without an error code), recorded on the
-/// request's span.
+/// request's span, as Keel's policy allows it now.
 pub async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Principal, ApiError> {
     let token = token.ok_or(ApiError::Unauthenticated)?;
     let principal = state
@@ -225,7 +284,7 @@ pub async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Princ
         .await
         .map_err(|reason| ApiError::Unauthorized(reason.to_owned()))?;
     tracing::Span::current().record("user_id", tracing::field::display(principal.user_id));
-    Ok(principal)
+    state.policy.authorize(principal).await
 }
 
 /// The token of an `Authorization: Bearer <token>` header.
@@ -239,4 +298,63 @@ pub fn bearer_token_in(headers: &http::HeaderMap) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Before a sensitive operation: the identity provider must say the caller's token is
+/// still active (when `KEEL_INTROSPECTION_URL` is set).
+pub async fn ensure_active(state: &AppState, principal: &Principal) -> Result<(), ApiError> {
+    match &state.introspection {
+        Some(introspection) => introspection.ensure_active(principal).await,
+        None => Ok(()),
+    }
+}
+
+/// Now, in Unix seconds.
+pub(crate) fn now() -> i64 {
+    jsonwebtoken::get_current_timestamp() as i64
+}
+
+/// A URL the identity provider is reached at must be https, unless its host is loopback
+/// (a development issuer): keys or tokens fetched or sent in clear could be forged or
+/// stolen on the way.
+pub fn ensure_secure_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|error| format!("not a URL: {error}"))?;
+    let host = parsed.host_str().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err("must be https (http only for a loopback host)".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_provider_urls_must_be_https_unless_loopback() {
+        for ok in [
+            "https://sso.example/realms/keel/protocol/openid-connect/certs",
+            "http://127.0.0.1:8081/certs",
+            "http://127.8.0.1/certs",
+            "http://[::1]:8081/certs",
+            "http://localhost:8081/certs",
+        ] {
+            assert_eq!(ensure_secure_url(ok), Ok(()), "{ok}");
+        }
+        for refused in [
+            "http://sso.example/certs",
+            "http://10.0.0.1/certs",
+            "http://localhost.evil.example/certs",
+            "ftp://127.0.0.1/certs",
+            "not a url",
+        ] {
+            assert!(ensure_secure_url(refused).is_err(), "{refused}");
+        }
+    }
 }

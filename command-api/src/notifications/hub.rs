@@ -6,6 +6,9 @@
 //! lose its own connection. After every (re)subscription the hub bumps a generation;
 //! each socket then reads its history from where it stands, which closes any gap the
 //! subscription had while it was down.
+//!
+//! The same subscription carries `policy.invalidate.*` (handed to [`Policy`]), and the
+//! hub closes (4003) the sockets whose token or user a policy change revoked.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,13 +17,17 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde::Deserialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::history::History;
+use super::ticket::Tickets;
+use crate::auth::Principal;
+use crate::policy::{Change, Policy};
 use events::ids::UserId;
 use events::notification::{self, Keys, Offset};
+use events::policy as policy_channels;
 
 /// Frames a socket may have waiting before it counts as too slow.
 pub const QUEUE: usize = 256;
@@ -40,12 +47,18 @@ struct Subscriber {
     id: u64,
     queue: mpsc::Sender<Live>,
     evicted: CancellationToken,
+    /// Cancelled when a policy change revokes the socket's token or user.
+    revoked: CancellationToken,
+    principal: Principal,
 }
 
 /// Shared by every socket of this instance.
 pub struct Hub {
     client: redis::Client,
     pub history: History,
+    pub tickets: Tickets,
+    /// Authorization, kept current by the `policy.invalidate.*` messages received here.
+    pub policy: Arc<Policy>,
     subscribers: Mutex<HashMap<UserId, Vec<Subscriber>>>,
     next_id: AtomicU64,
     generation: watch::Sender<u64>,
@@ -65,6 +78,7 @@ pub struct Registration {
     id: u64,
     pub queue: mpsc::Receiver<Live>,
     pub evicted: CancellationToken,
+    pub revoked: CancellationToken,
     pub generation: watch::Receiver<u64>,
 }
 
@@ -85,9 +99,12 @@ impl Hub {
         client: redis::Client,
         stream: &str,
         allowed_origins: Vec<String>,
+        policy: Arc<Policy>,
     ) -> Result<Self, redis::RedisError> {
         Ok(Self {
             history: History::new(&client, Keys::of(stream))?,
+            tickets: Tickets::new(&client, stream)?,
+            policy,
             client,
             subscribers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
@@ -105,10 +122,13 @@ impl Hub {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Registers a socket of `user`: from now on its notifications queue up for it.
-    pub fn register(self: &Arc<Self>, user: UserId) -> Registration {
+    /// Registers a socket of `principal`: from now on its user's notifications queue up
+    /// for it.
+    pub fn register(self: &Arc<Self>, principal: &Principal) -> Registration {
+        let user = principal.user_id;
         let (queue, receiver) = mpsc::channel(QUEUE);
         let evicted = CancellationToken::new();
+        let revoked = CancellationToken::new();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.subscribers()
             .entry(user)
@@ -117,6 +137,8 @@ impl Hub {
                 id,
                 queue,
                 evicted: evicted.clone(),
+                revoked: revoked.clone(),
+                principal: principal.clone(),
             });
         Registration {
             hub: self.clone(),
@@ -124,7 +146,54 @@ impl Hub {
             id,
             queue: receiver,
             evicted,
+            revoked,
             generation: self.generation.subscribe(),
+        }
+    }
+
+    /// The sockets `pick` selects: how to close each, and who opened it.
+    fn sockets_where(
+        &self,
+        pick: impl Fn(&Subscriber) -> bool,
+    ) -> Vec<(CancellationToken, Principal)> {
+        self.subscribers()
+            .values()
+            .flatten()
+            .filter(|s| pick(s))
+            .map(|s| (s.revoked.clone(), s.principal.clone()))
+            .collect()
+    }
+
+    /// Closes (4003) the sockets each policy change revokes, until `stop`. A change of a
+    /// user rechecks that user's sockets; a revoked `jti` closes the sockets of that
+    /// token; changes missed (this task fell behind) recheck every socket.
+    pub async fn enforce(
+        self: Arc<Self>,
+        mut changes: broadcast::Receiver<Change>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let change = tokio::select! {
+                () = stop.cancelled() => return,
+                change = changes.recv() => change,
+            };
+            let sockets = match change {
+                Ok(Change::User(user)) => self.sockets_where(|s| s.principal.user_id == user),
+                Ok(Change::Token(jti)) => {
+                    self.sockets_where(|s| s.principal.jti.as_deref() == Some(&*jti))
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => self.sockets_where(|_| true),
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            for (revoked, principal) in sockets {
+                match self.policy.revokes(&principal).await {
+                    Ok(true) => revoked.cancel(),
+                    Ok(false) => {}
+                    Err(error) => {
+                        tracing::warn!(error = %error, "cannot recheck a socket's access; it stays open");
+                    }
+                }
+            }
         }
     }
 
@@ -198,6 +267,7 @@ impl Hub {
             let attempt = async {
                 let mut pubsub = self.client.get_async_pubsub().await?;
                 pubsub.psubscribe(notification::CHANNEL_PATTERN).await?;
+                pubsub.psubscribe(policy_channels::CHANNEL_PATTERN).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };
             let subscribed = tokio::select! {
@@ -208,8 +278,10 @@ impl Hub {
                 Ok(pubsub) => {
                     tracing::info!("subscribed to {}", notification::CHANNEL_PATTERN);
                     backoff = Duration::from_millis(50);
-                    // Sockets read what they may have missed while unsubscribed.
+                    // Sockets read what they may have missed while unsubscribed; the policy
+                    // reads the invalidations it may have missed from the log.
                     self.generation.send_modify(|g| *g += 1);
+                    self.policy.wake();
                     let (mut sink, mut messages) = pubsub.split();
                     let mut check = tokio::time::interval(CHECK_EVERY);
                     loop {
@@ -217,7 +289,11 @@ impl Hub {
                             () = stop.cancelled() => return,
                             message = messages.next() => {
                                 let Some(message) = message else { break };
-                                self.fan_out(message.get_channel_name(), message.get_payload_bytes());
+                                let channel = message.get_channel_name();
+                                match policy_channels::invalidation(channel) {
+                                    Some(invalidation) => self.policy.invalidate(invalidation),
+                                    None => self.fan_out(channel, message.get_payload_bytes()),
+                                }
                             }
                             _ = check.tick() => {
                                 // A half-open connection (a partition) delivers nothing and

@@ -6,24 +6,29 @@
 //! - [`history`]: reads of a user's history in Redis (written by the relay).
 //!
 //! The upgrade is refused (RFC 9457, before any socket exists) for a token in the query
-//! string (401), an Origin not in `KEEL_ALLOWED_ORIGINS` (403), a missing or invalid
-//! token (401) and an offset Keel did not issue (422). The user is only ever the verified
-//! token's `sub`. Browsers, which cannot set headers on a WebSocket, offer the
-//! subprotocols `keel.v1`, `bearer.<jwt>` and optionally `last-event-id.<offset>`; the
-//! server selects `keel.v1` and never echoes (or logs) the others.
+//! string (401), an Origin not in `KEEL_ALLOWED_ORIGINS` (403), a missing, invalid or
+//! revoked token or ticket (401), a deactivated user (403) and an offset Keel did not
+//! issue (422). The user is only ever the verified token's `sub`. Browsers, which cannot
+//! set headers on a WebSocket, trade their token for a single-use ticket
+//! (`POST /api/ws-tickets`, [`ticket`]) and offer the subprotocols `keel.v1`,
+//! `ticket.<ticket>` and optionally `last-event-id.<offset>` (`bearer.<jwt>` is still
+//! accepted); the server selects `keel.v1` and never echoes (or logs) the others.
 
 pub mod history;
 pub mod hub;
 pub mod session;
+pub mod ticket;
 
+use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::http::{HeaderMap, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 
+use crate::auth::Principal;
 use crate::error::{ApiError, FieldError, problem};
 use crate::state::AppState;
 use events::notification::Offset;
@@ -33,20 +38,56 @@ use session::Session;
 /// The subprotocol the server speaks (and the only one it ever selects).
 pub const PROTOCOL: &str = "keel.v1";
 const BEARER_PROTOCOL: &str = "bearer.";
+const TICKET_PROTOCOL: &str = "ticket.";
 const RESUME_PROTOCOL: &str = "last-event-id.";
 /// Largest frame or message a client may send (clients only answer pings).
 pub const MAX_INCOMING_BYTES: usize = 4096;
 /// Query parameters that would carry a token, which must never travel in a URL.
-const TOKEN_PARAMETERS: [&str; 5] = ["access_token", "token", "jwt", "bearer", "id_token"];
+const TOKEN_PARAMETERS: [&str; 6] = [
+    "access_token",
+    "token",
+    "jwt",
+    "bearer",
+    "id_token",
+    "ticket",
+];
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/ws/notifications", get(open))
+    Router::new()
+        .route("/ws/notifications", get(open))
+        .route("/api/ws-tickets", post(mint_ticket))
+}
+
+/// `POST /api/ws-tickets`: a single-use ticket for one socket of a registered, active
+/// user, good for [`ticket::TTL_SECS`].
+async fn mint_ticket(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Response, ApiError> {
+    if !principal.registered {
+        return Err(ApiError::Forbidden(
+            "register first (POST /api/users)".to_owned(),
+        ));
+    }
+    let ticket = state.hub.tickets.mint(&principal).await.map_err(|error| {
+        tracing::warn!(error = %error, "minting a socket ticket failed");
+        ApiError::Unavailable {
+            dependency: "redis",
+            retry_after_secs: 1,
+        }
+    })?;
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(serde_json::json!({ "ticket": ticket, "expires_in": ticket::TTL_SECS })),
+    )
+        .into_response())
 }
 
 /// What the client offered in `Sec-WebSocket-Protocol`.
 #[derive(Default)]
 struct Offered<'a> {
     token: Option<&'a str>,
+    ticket: Option<&'a str>,
     resume: Option<&'a str>,
 }
 
@@ -61,6 +102,8 @@ fn offered(headers: &HeaderMap) -> Offered<'_> {
     for protocol in protocols {
         if let Some(token) = protocol.strip_prefix(BEARER_PROTOCOL) {
             offered.token = Some(token);
+        } else if let Some(ticket) = protocol.strip_prefix(TICKET_PROTOCOL) {
+            offered.ticket = Some(ticket);
         } else if let Some(offset) = protocol.strip_prefix(RESUME_PROTOCOL) {
             offered.resume = Some(offset);
         }
@@ -88,8 +131,8 @@ async fn open(
 ) -> Result<Response, ApiError> {
     if token_in_query(&uri) {
         return Err(ApiError::Unauthorized(
-            "tokens in the query string are refused: send Authorization: Bearer, \
-             or offer the keel.v1 and bearer.<token> subprotocols"
+            "tokens and tickets in the query string are refused: send Authorization: \
+             Bearer, or offer the keel.v1 and ticket.<ticket> subprotocols"
                 .to_owned(),
         ));
     }
@@ -106,8 +149,10 @@ async fn open(
         }
     }
     let offered = offered(&headers);
-    let token = crate::auth::bearer_token_in(&headers).or(offered.token);
-    let principal = crate::auth::authenticate(&state, token).await?;
+    let principal = match (crate::auth::bearer_token_in(&headers), offered.ticket) {
+        (None, Some(ticket)) => redeem(&state, ticket).await?,
+        (token, _) => crate::auth::authenticate(&state, token.or(offered.token)).await?,
+    };
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -148,8 +193,7 @@ async fn open(
     let cursor = resume.map_or(tail, Cursor::at);
     let session = Session {
         hub: hub.clone(),
-        user: principal.user_id,
-        expires_at: principal.expires_at,
+        principal,
         cursor,
     };
     let tracker = hub.sessions.clone();
@@ -163,6 +207,29 @@ async fn open(
         .on_failed_upgrade(|error| tracing::debug!(error = %error, "websocket upgrade failed"))
         .on_upgrade(move |socket| tracker.track_future(session.run(socket)))
         .into_response())
+}
+
+/// The principal a ticket was minted for, consumed now and authorized as of now.
+async fn redeem(state: &AppState, ticket: &str) -> Result<Principal, ApiError> {
+    let refused = || ApiError::Unauthorized("ticket unknown, used or expired".to_owned());
+    if ticket.is_empty() || ticket.len() > 64 {
+        return Err(refused());
+    }
+    let principal = state
+        .hub
+        .tickets
+        .redeem(ticket)
+        .await
+        .map_err(|error| {
+            tracing::warn!(error = %error, "redeeming a socket ticket failed");
+            ApiError::Unavailable {
+                dependency: "redis",
+                retry_after_secs: 1,
+            }
+        })?
+        .ok_or_else(refused)?;
+    tracing::Span::current().record("user_id", tracing::field::display(principal.user_id));
+    state.policy.authorize(principal).await
 }
 
 #[cfg(test)]
@@ -189,12 +256,13 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::SEC_WEBSOCKET_PROTOCOL,
-            "keel.v1, bearer.abc.def.ghi, last-event-id.e.1-0"
+            "keel.v1, bearer.abc.def.ghi, ticket.T1ck3t_-, last-event-id.e.1-0"
                 .parse()
                 .expect("header"),
         );
         let offered = offered(&headers);
         assert_eq!(offered.token, Some("abc.def.ghi"));
+        assert_eq!(offered.ticket, Some("T1ck3t_-"));
         assert_eq!(offered.resume, Some("e.1-0"));
     }
 }

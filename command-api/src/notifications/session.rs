@@ -14,7 +14,7 @@ use futures::{SinkExt, StreamExt};
 
 use super::history::{CatchUp, Cursor};
 use super::hub::{Hub, Live, Registration};
-use events::ids::UserId;
+use crate::auth::Principal;
 use events::notification;
 
 /// How often the server pings; a socket that answered nothing for two of them is dropped.
@@ -30,12 +30,13 @@ pub const GOING_AWAY: u16 = 1001;
 pub const SERVER_ERROR: u16 = 1011;
 pub const TRY_AGAIN_LATER: u16 = 1013;
 pub const TOKEN_EXPIRED: u16 = 4001;
+pub const ACCESS_REVOKED: u16 = 4003;
 
 pub struct Session {
     pub hub: Arc<Hub>,
-    pub user: UserId,
-    /// The token's `exp` (Unix seconds).
-    pub expires_at: i64,
+    /// Who opened it: the user, and the token whose `exp` ends it and whose revocation
+    /// (or its user's) closes it.
+    pub principal: Principal,
     /// Where the socket starts: the offset the client resumes after, or the newest
     /// notification when it connected (read before the upgrade was accepted, so nothing
     /// published after the client saw its socket open is missed).
@@ -49,6 +50,8 @@ enum End {
     ShuttingDown,
     TooSlow,
     TokenExpired,
+    /// The token was revoked, or its user deactivated or cut off.
+    Revoked,
     HistoryUnavailable,
 }
 
@@ -60,6 +63,7 @@ impl End {
             End::ShuttingDown => (GOING_AWAY, "server shutting down"),
             End::TooSlow => (TRY_AGAIN_LATER, "too slow"),
             End::TokenExpired => (TOKEN_EXPIRED, "token expired"),
+            End::Revoked => (ACCESS_REVOKED, "access revoked"),
             End::HistoryUnavailable => (
                 SERVER_ERROR,
                 "notifications unavailable; reconnect with Last-Event-ID",
@@ -76,11 +80,22 @@ type Sink = SplitSink<WebSocket, Message>;
 
 impl Session {
     pub async fn run(self, socket: WebSocket) {
-        let mut registration = self.hub.register(self.user);
+        let mut registration = self.hub.register(&self.principal);
         let (mut sink, mut incoming) = socket.split();
-        let end = self
-            .serve(&mut registration, &mut sink, &mut incoming)
-            .await;
+        // A change applied between the handshake's authorization and the registration
+        // reached no socket yet: look once more.
+        let end = if self
+            .hub
+            .policy
+            .revokes(&self.principal)
+            .await
+            .unwrap_or(false)
+        {
+            End::Revoked
+        } else {
+            self.serve(&mut registration, &mut sink, &mut incoming)
+                .await
+        };
         if matches!(end, End::TooSlow) {
             self.hub.record_eviction();
         }
@@ -99,7 +114,7 @@ impl Session {
         // Registered first, then the history read: whatever is published meanwhile is
         // in the history, in the queue, or both (and then dropped by the cursor). A
         // resubscription from now on (even during this read) triggers another read.
-        let remaining = self.expires_at - jsonwebtoken::get_current_timestamp() as i64;
+        let remaining = self.principal.expires_at - jsonwebtoken::get_current_timestamp() as i64;
         let expiry = tokio::time::Instant::now()
             + Duration::from_secs(
                 u64::try_from(remaining)
@@ -120,6 +135,7 @@ impl Session {
                 biased;
                 () = self.hub.closing.cancelled() => return End::ShuttingDown,
                 () = registration.evicted.cancelled() => return End::TooSlow,
+                () = registration.revoked.cancelled() => return End::Revoked,
                 () = tokio::time::sleep_until(expiry) => return End::TokenExpired,
                 changed = registration.generation.changed() => {
                     if changed.is_err() {
@@ -192,7 +208,7 @@ impl Session {
             entries,
             cursor: next,
         } = tokio::select! {
-            read = self.hub.history.after(self.user, cursor) => match read {
+            read = self.hub.history.after(self.principal.user_id, cursor) => match read {
                 Ok(read) => read,
                 Err(error) => return Err(self.unavailable(&error)),
             },
@@ -233,6 +249,7 @@ impl Session {
                 Err(_) => Err(End::TooSlow),
             },
             () = registration.evicted.cancelled() => Err(End::TooSlow),
+            () = registration.revoked.cancelled() => Err(End::Revoked),
             () = self.hub.closing.cancelled() => Err(End::ShuttingDown),
         }
     }

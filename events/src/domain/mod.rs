@@ -5,15 +5,17 @@
 //! ids and the actor come in as arguments, so both are tested as given/when/then.
 
 pub mod post;
+pub mod token;
 pub mod user;
 pub mod values;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{PostId, StreamId, UserId};
+use crate::ids::{PostId, StreamId, TokenId, UserId};
 pub use post::{Post, PostCommand, PostEvent, PostStatus};
+pub use token::{Token, TokenCommand, TokenEvent};
 pub use user::{User, UserCommand, UserEvent};
-pub use values::{CommentBody, Email, Invalid, Name, PostBody, Role, Title};
+pub use values::{CommentBody, Email, Invalid, Jti, Name, PostBody, Role, Title};
 
 /// Where the acting user stands in Keel's own records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +69,7 @@ pub enum DomainError {
 pub enum Event {
     User(UserEvent),
     Post(PostEvent),
+    Token(TokenEvent),
 }
 
 /// An event type or payload the code does not know.
@@ -84,6 +87,7 @@ impl Event {
         match self {
             Event::User(e) => e.event_type(),
             Event::Post(e) => e.event_type(),
+            Event::Token(e) => e.event_type(),
         }
     }
 
@@ -97,6 +101,7 @@ impl Event {
         let tagged = match self {
             Event::User(e) => serde_json::to_value(e),
             Event::Post(e) => serde_json::to_value(e),
+            Event::Token(e) => serde_json::to_value(e),
         };
         match tagged {
             Ok(serde_json::Value::Object(mut fields)) => {
@@ -112,6 +117,8 @@ impl Event {
         let tagged = serde_json::json!({ "type": event_type, "data": data });
         let decoded = if event_type.starts_with("user.") {
             serde_json::from_value(tagged).map(Event::User)
+        } else if event_type.starts_with("token.") {
+            serde_json::from_value(tagged).map(Event::Token)
         } else {
             serde_json::from_value(tagged).map(Event::Post)
         };
@@ -127,6 +134,7 @@ impl Event {
 pub enum Command {
     User { id: UserId, command: UserCommand },
     Post { id: PostId, command: PostCommand },
+    Token { id: TokenId, command: TokenCommand },
 }
 
 impl Command {
@@ -134,6 +142,7 @@ impl Command {
         match self {
             Command::User { id, .. } => StreamId::user(*id),
             Command::Post { id, .. } => StreamId::post(*id),
+            Command::Token { id, .. } => StreamId::token(*id),
         }
     }
 }
@@ -143,6 +152,7 @@ impl Command {
 pub enum State {
     User(Option<User>),
     Post(Option<Post>),
+    Token(Option<Token>),
 }
 
 impl State {
@@ -151,6 +161,7 @@ impl State {
         match stream.kind() {
             crate::ids::AggregateKind::User => State::User(None),
             crate::ids::AggregateKind::Post => State::Post(None),
+            crate::ids::AggregateKind::Token => State::Token(None),
         }
     }
 
@@ -160,6 +171,7 @@ impl State {
         match (self, event) {
             (State::User(state), Event::User(e)) => user::apply(state, e),
             (State::Post(state), Event::Post(e)) => post::apply(state, e),
+            (State::Token(state), Event::Token(e)) => token::apply(state, e),
             _ => {}
         }
     }
@@ -174,6 +186,10 @@ impl State {
             (State::Post(state), Command::Post { id, command }) => {
                 post::decide(state.as_ref(), actor, *id, command)
                     .map(|events| events.into_iter().map(Event::Post).collect())
+            }
+            (State::Token(state), Command::Token { command, .. }) => {
+                token::decide(state.as_ref(), actor, command)
+                    .map(|events| events.into_iter().map(Event::Token).collect())
             }
             _ => Err(DomainError::NotFound("no such resource")),
         }

@@ -17,6 +17,8 @@ pub enum UserEvent {
     RoleChanged(UserRoleChanged),
     #[serde(rename = "user.deactivated")]
     Deactivated(UserDeactivated),
+    #[serde(rename = "user.tokens_revoked")]
+    TokensRevoked(UserTokensRevoked),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +53,16 @@ pub struct UserDeactivated {
     pub id: UserId,
 }
 
+/// Every token of the user issued (`iat`) at or before `issued_up_to` (Unix seconds) is
+/// refused from now on. A user's stream may hold it before the user registers: an
+/// emergency does not wait for a registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserTokensRevoked {
+    pub id: UserId,
+    pub issued_up_to: i64,
+}
+
 impl UserEvent {
     pub fn event_type(&self) -> &'static str {
         match self {
@@ -58,6 +70,7 @@ impl UserEvent {
             UserEvent::Updated(_) => "user.updated",
             UserEvent::RoleChanged(_) => "user.role_changed",
             UserEvent::Deactivated(_) => "user.deactivated",
+            UserEvent::TokensRevoked(_) => "user.tokens_revoked",
         }
     }
 
@@ -68,15 +81,19 @@ impl UserEvent {
             UserEvent::Updated(e) => e.id,
             UserEvent::RoleChanged(e) => e.id,
             UserEvent::Deactivated(e) => e.id,
+            UserEvent::TokensRevoked(e) => e.id,
         }
     }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum UserCommand {
+    /// `roles`: what the registering token grants among Keel's roles (`user` is always
+    /// recorded).
     Register {
         email: Email,
         name: Name,
+        roles: Vec<Role>,
     },
     Update {
         email: Option<Email>,
@@ -86,6 +103,10 @@ pub enum UserCommand {
         roles: Vec<Role>,
     },
     Deactivate,
+    /// Refuse every token of the user issued at or before `issued_up_to` (Unix seconds).
+    RevokeTokens {
+        issued_up_to: i64,
+    },
 }
 
 /// A registered user.
@@ -108,7 +129,7 @@ pub fn decide(
     let is_self = actor.id == id;
     let may_manage = is_self || actor.admin;
     match command {
-        UserCommand::Register { email, name } => {
+        UserCommand::Register { email, name, roles } => {
             if !may_manage {
                 return Err(DomainError::Forbidden("you may only register yourself"));
             }
@@ -119,7 +140,7 @@ pub fn decide(
                 id,
                 email: email.as_str().to_owned(),
                 name: name.as_str().to_owned(),
-                roles: vec![Role::User],
+                roles: normalized(&[&[Role::User], roles.as_slice()].concat()),
             })])
         }
         UserCommand::Update { email, name } => {
@@ -164,6 +185,17 @@ pub fn decide(
                 Some(user) if !user.active => Ok(vec![]),
                 Some(_) => Ok(vec![UserEvent::Deactivated(UserDeactivated { id })]),
             }
+        }
+        UserCommand::RevokeTokens { issued_up_to } => {
+            if !actor.admin {
+                return Err(DomainError::Forbidden(
+                    "only an admin may revoke a user's tokens",
+                ));
+            }
+            Ok(vec![UserEvent::TokensRevoked(UserTokensRevoked {
+                id,
+                issued_up_to: *issued_up_to,
+            })])
         }
     }
 }
@@ -211,6 +243,8 @@ pub fn apply(state: &mut Option<User>, event: &UserEvent) {
                 user.active = false;
             }
         }
+        // Enforced by the API's policy, not by any decision of the aggregate.
+        UserEvent::TokensRevoked(_) => {}
     }
 }
 
@@ -256,6 +290,7 @@ mod tests {
         UserCommand::Register {
             email: Email::parse("ada@example.com").unwrap(),
             name: Name::parse("Ada").unwrap(),
+            roles: vec![],
         }
     }
 
@@ -429,5 +464,48 @@ mod tests {
             },
         );
         assert!(matches!(result, Err(DomainError::Conflict(_))));
+    }
+
+    #[test]
+    fn registration_records_the_tokens_roles_and_always_user() {
+        let events = decide(
+            None,
+            &actor(ada(), true, Standing::Unregistered),
+            ada(),
+            &UserCommand::Register {
+                email: Email::parse("ada@example.com").unwrap(),
+                name: Name::parse("Ada").unwrap(),
+                roles: vec![Role::Admin],
+            },
+        );
+        let Ok(events) = events else {
+            panic!("registration refused: {events:?}")
+        };
+        assert!(
+            matches!(&events[..], [UserEvent::Registered(e)] if e.roles == vec![Role::User, Role::Admin])
+        );
+    }
+
+    #[test]
+    fn an_admin_revokes_the_tokens_of_a_user_not_registered_yet() {
+        let revoke = UserCommand::RevokeTokens {
+            issued_up_to: 1_700_000_000,
+        };
+        let admin = decide(None, &actor(bob(), true, Standing::Active), ada(), &revoke);
+        assert_eq!(
+            admin,
+            Ok(vec![UserEvent::TokensRevoked(UserTokensRevoked {
+                id: ada(),
+                issued_up_to: 1_700_000_000
+            })])
+        );
+        let user = decide(None, &actor(ada(), false, Standing::Active), ada(), &revoke);
+        assert!(matches!(user, Err(DomainError::Forbidden(_))));
+        // Registering afterwards still works: the revocation is no registration.
+        let mut state = None;
+        for event in admin.unwrap_or_default() {
+            apply(&mut state, &event);
+        }
+        assert!(state.is_none());
     }
 }

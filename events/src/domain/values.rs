@@ -27,6 +27,15 @@ impl Role {
         }
     }
 
+    /// The role named `name`, if Keel records one by that name.
+    pub fn from_name(name: &str) -> Option<Role> {
+        match name {
+            "user" => Some(Role::User),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
     /// A set of roles as stored in read models: sorted, without repeats.
     pub fn names(roles: &[Role]) -> Vec<&'static str> {
         let mut names: Vec<&'static str> = roles.iter().map(|r| r.as_str()).collect();
@@ -98,6 +107,26 @@ text_value!(
     /// A comment: 1–5000 characters after trimming.
     CommentBody, 5000, true
 );
+
+/// A token's `jti` as a revocation names it: 1–255 visible ASCII characters, exactly
+/// as the token carries it (not trimmed: a `jti` is compared byte for byte).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jti(String);
+
+impl Jti {
+    pub const MAX_CHARS: usize = 255;
+
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        if s.is_empty() || s.len() > Self::MAX_CHARS || !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid("must be 1 to 255 visible ASCII characters"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 
 /// An email address: at most 254 characters, `local@domain` with a dotted domain.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -35,7 +35,7 @@ pub async fn apply(
                 authors.push(e.author_id.0);
                 posts.push(e.id.0);
             }
-            Event::Post(_) => {}
+            Event::Post(_) | Event::Token(_) => {}
         }
     }
     if authors.is_empty() {
@@ -72,7 +72,9 @@ pub async fn apply(
                     match e {
                         UserEvent::Updated(e) => row.name.clone_from(&e.name),
                         UserEvent::Deactivated(_) => row.active = false,
-                        UserEvent::Registered(_) | UserEvent::RoleChanged(_) => {}
+                        UserEvent::Registered(_)
+                        | UserEvent::RoleChanged(_)
+                        | UserEvent::TokensRevoked(_) => {}
                     }
                 }
             }
@@ -82,7 +84,7 @@ pub async fn apply(
             Event::Post(PostEvent::Deleted(e)) => {
                 published.insert(e.id.0, None);
             }
-            Event::Post(_) => {}
+            Event::Post(_) | Event::Token(_) => {}
         }
     }
     let rows: Vec<Row> = rows.into_values().collect();

@@ -50,7 +50,7 @@ fn user_events<'a>(batch: &'a [Applied<'_>]) -> Vec<(&'a RecordedEvent, &'a User
         .iter()
         .filter_map(|(recorded, event)| match event {
             Event::User(e) => Some((*recorded, e)),
-            Event::Post(_) => None,
+            Event::Post(_) | Event::Token(_) => None,
         })
         .collect()
 }
@@ -60,7 +60,7 @@ fn post_events<'a>(batch: &'a [Applied<'_>]) -> Vec<(&'a RecordedEvent, &'a Post
         .iter()
         .filter_map(|(recorded, event)| match event {
             Event::Post(e) => Some((*recorded, e)),
-            Event::User(_) => None,
+            Event::User(_) | Event::Token(_) => None,
         })
         .collect()
 }

@@ -66,6 +66,7 @@ pub async fn apply(
             }
             UserEvent::RoleChanged(e) => row.roles = names(&e.roles),
             UserEvent::Deactivated(_) => row.active = false,
+            UserEvent::TokensRevoked(_) => {}
         }
     }
     let rows: Vec<Row> = rows.into_values().collect();

@@ -6,19 +6,22 @@ use chrono::{DateTime, Utc};
 use events::domain::post::{
     CommentAdded, PostCreated, PostDeleted, PostLiked, PostPublished, PostUnliked, PostUpdated,
 };
-use events::domain::user::{UserDeactivated, UserRegistered, UserRoleChanged, UserUpdated};
+use events::domain::token::TokenRevoked;
+use events::domain::user::{
+    UserDeactivated, UserRegistered, UserRoleChanged, UserTokensRevoked, UserUpdated,
+};
 use events::domain::{
-    CommentBody, Email, Event, Name, PostBody, PostEvent, Role, Title, UserEvent,
+    CommentBody, Email, Event, Jti, Name, PostBody, PostEvent, Role, Title, TokenEvent, UserEvent,
 };
 use events::event_log::{Metadata, RecordedEvent};
-use events::ids::{CommentId, EventId, Position, PostId, StreamId, UserId, Version};
+use events::ids::{CommentId, EventId, Position, PostId, StreamId, TokenId, UserId, Version};
 use proptest::prelude::*;
 use proptest::strategy::{BoxedStrategy, Union, ValueTree};
 use proptest::test_runner::TestRunner;
 
 /// How many variants `Event` has. `variant_index` does not compile when one is added:
 /// give it the next index, raise this, and add its strategy to `variant_strategies`.
-const VARIANTS: usize = 11;
+const VARIANTS: usize = 13;
 
 fn variant_index(event: &Event) -> usize {
     match event {
@@ -33,6 +36,8 @@ fn variant_index(event: &Event) -> usize {
         Event::Post(PostEvent::CommentAdded(_)) => 8,
         Event::Post(PostEvent::Liked(_)) => 9,
         Event::Post(PostEvent::Unliked(_)) => 10,
+        Event::User(UserEvent::TokensRevoked(_)) => 11,
+        Event::Token(TokenEvent::Revoked(_)) => 12,
     }
 }
 
@@ -145,12 +150,44 @@ fn roles() -> impl Strategy<Value = Vec<Role>> {
     proptest::sample::subsequence(vec![Role::User, Role::Admin], 0..=2)
 }
 
+/// The roles a registration records: the registering token's among `user` and `admin`,
+/// always with `user` (sorted, without repeats).
+fn registered_roles() -> impl Strategy<Value = Vec<Role>> {
+    roles().prop_map(|mut roles| {
+        roles.push(Role::User);
+        roles.sort();
+        roles.dedup();
+        roles
+    })
+}
+
+/// A `jti` as `Jti::parse` accepts it: visible ASCII, of any length up to the limit
+/// (a few over included, then dropped), UUID-shaped ones too (what Keycloak issues).
+fn jti() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => text("", "[!-~]", Jti::MAX_CHARS, ""),
+        1 => uuid().prop_map(|id| id.to_string()),
+    ]
+    .prop_filter_map("not a valid jti", |s: String| {
+        Jti::parse(&s).ok().map(|jti| jti.as_str().to_owned())
+    })
+}
+
+/// Unix seconds as a clock gives them (or an `exp`): mostly between 2000 and 2100, and
+/// any other non-negative one.
+fn unix_seconds() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        4 => 946_684_800_i64..4_102_444_800_i64,
+        1 => 0..=i64::MAX,
+    ]
+}
+
 /// One strategy per variant, in `variant_index` order.
 fn variant_strategies() -> Vec<BoxedStrategy<Event>> {
     let user = |e: UserEvent| Event::User(e);
     let post = |e: PostEvent| Event::Post(e);
     vec![
-        (user_id(), email(), name(), roles())
+        (user_id(), email(), name(), registered_roles())
             .prop_map(move |(id, email, name, roles)| {
                 user(UserEvent::Registered(UserRegistered {
                     id,
@@ -239,6 +276,20 @@ fn variant_strategies() -> Vec<BoxedStrategy<Event>> {
                 }))
             })
             .boxed(),
+        (user_id(), unix_seconds())
+            .prop_map(move |(id, issued_up_to)| {
+                user(UserEvent::TokensRevoked(UserTokensRevoked {
+                    id,
+                    issued_up_to,
+                }))
+            })
+            .boxed(),
+        // `expires_at` is the token's `exp` as the admin gave it, not passed yet.
+        (jti(), unix_seconds())
+            .prop_map(|(jti, expires_at)| {
+                Event::Token(TokenEvent::Revoked(TokenRevoked { jti, expires_at }))
+            })
+            .boxed(),
     ]
 }
 
@@ -267,13 +318,14 @@ pub(crate) fn event_types() -> BTreeSet<&'static str> {
 }
 
 /// The stream an event is appended to.
-fn stream_of(event: &Event) -> StreamId {
+pub(crate) fn stream_of(event: &Event) -> StreamId {
     match event {
         Event::User(
             UserEvent::Registered(UserRegistered { id, .. })
             | UserEvent::Updated(UserUpdated { id, .. })
             | UserEvent::RoleChanged(UserRoleChanged { id, .. })
-            | UserEvent::Deactivated(UserDeactivated { id }),
+            | UserEvent::Deactivated(UserDeactivated { id })
+            | UserEvent::TokensRevoked(UserTokensRevoked { id, .. }),
         ) => StreamId::user(*id),
         Event::Post(
             PostEvent::Created(PostCreated { id, .. })
@@ -286,6 +338,9 @@ fn stream_of(event: &Event) -> StreamId {
             | PostEvent::Liked(PostLiked { post_id, .. })
             | PostEvent::Unliked(PostUnliked { post_id, .. }),
         ) => StreamId::post(*post_id),
+        Event::Token(TokenEvent::Revoked(TokenRevoked { jti, .. })) => {
+            StreamId::token(TokenId::of_jti(jti))
+        }
     }
 }
 
@@ -328,16 +383,28 @@ pub(crate) fn any_recorded_event() -> impl Strategy<Value = (Event, RecordedEven
             |(event, event_id, position, version, metadata, recorded_at)| {
                 let recorded = RecordedEvent {
                     position: Position(position),
-                    event_id: EventId(event_id),
-                    stream_id: stream_of(&event),
                     version: Version(version),
-                    event_type: event.event_type().to_owned(),
-                    schema_version: event.schema_version(),
-                    data: event.data(),
+                    event_id: EventId(event_id),
                     metadata,
                     recorded_at,
+                    ..recorded(&event)
                 };
                 (event, recorded)
             },
         )
+}
+
+/// `event` as the log stores it, in its stream, at the first position and version.
+pub(crate) fn recorded(event: &Event) -> RecordedEvent {
+    RecordedEvent {
+        position: Position(1),
+        event_id: EventId(uuid::Uuid::from_u128(1)),
+        stream_id: stream_of(event),
+        version: Version(1),
+        event_type: event.event_type().to_owned(),
+        schema_version: event.schema_version(),
+        data: event.data(),
+        metadata: Metadata::default(),
+        recorded_at: DateTime::from_timestamp_micros(1_767_268_800_000_000).unwrap(),
+    }
 }

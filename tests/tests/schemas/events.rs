@@ -8,7 +8,7 @@ use jsonschema::Validator;
 use proptest::prelude::*;
 use serde_json::Value;
 
-use crate::event_strategies::{any_recorded_event, event_types, one_of_each};
+use crate::event_strategies::{any_recorded_event, event_types, one_of_each, recorded};
 use crate::{
     CLOUDEVENT_SCHEMA, DATASCHEMA_PREFIX, compile, read_json, schema_file_of, schemas_dir,
     violations,
@@ -107,5 +107,50 @@ fn every_event_type_has_a_schema_and_every_schema_an_event_type() {
     assert_eq!(
         listed, types,
         "schemas/{CLOUDEVENT_SCHEMA}: the `type` enum must list exactly the event types"
+    );
+}
+
+/// The envelope schema ties each event type to its `source` and to its kind of stream:
+/// the CloudEvent of every type validates as the code builds it, and is refused with any
+/// other source or a subject naming another kind of stream.
+#[test]
+fn the_envelope_schema_ties_each_type_to_its_source_and_stream_kind() {
+    let cloudevent = compile(
+        CLOUDEVENT_SCHEMA,
+        &read_json(&schemas_dir().join(CLOUDEVENT_SCHEMA)),
+    );
+    let sources = ["/keel/users", "/keel/blog"];
+    let kinds = ["user", "post", "token"];
+    let mut problems = Vec::new();
+    for event in one_of_each() {
+        let event_type = event.event_type();
+        let json = envelope::to_json(&recorded(&event));
+        let subject = json["subject"].as_str().unwrap().to_owned();
+        let (kind, id) = subject.split_once('-').unwrap();
+        assert!(
+            kinds.contains(&kind),
+            "{event_type}: stream {subject} is of a kind this test does not know; add it to `kinds`"
+        );
+        let source = envelope::source(event_type);
+        for other_source in sources {
+            for other_kind in kinds {
+                let mut changed = json.clone();
+                changed["source"] = Value::from(other_source);
+                changed["subject"] = Value::from(format!("{other_kind}-{id}"));
+                let valid = cloudevent.is_valid(&changed);
+                let expected = other_source == source && other_kind == kind;
+                if valid != expected {
+                    problems.push(format!(
+                        "{event_type} with source {other_source} and subject {other_kind}-…: \
+                         {} (the code uses source {source}, stream {kind}-…)",
+                        if valid { "accepted" } else { "refused" }
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "schemas/{CLOUDEVENT_SCHEMA}: {problems:#?}"
     );
 }

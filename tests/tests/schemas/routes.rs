@@ -106,7 +106,7 @@ fn tokenize(source: &str) -> Vec<Token> {
     tokens
 }
 
-fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
+pub(crate) fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
     let entries =
         fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
     for entry in entries {
@@ -310,4 +310,32 @@ fn every_route_is_documented_and_every_documented_route_exists() {
          served but not documented: {undocumented:#?}\n  \
          documented (without `x-keel-status: planned`) but not served: {unserved:#?}"
     );
+}
+
+/// The routes of the contract's "Trust" section (revocations and WebSocket tickets):
+/// served by command-api and documented as served.
+#[test]
+fn the_trust_routes_are_served_and_documented() {
+    let openapi = read_yaml(&schemas_dir().join("openapi.yaml"));
+    let documented = documented_operations(&openapi);
+    let served = served_routes();
+    let mut problems = Vec::new();
+    for (method, path) in [
+        ("POST", "/api/admin/revocations"),
+        ("GET", "/api/admin/revocations"),
+        ("POST", "/api/ws-tickets"),
+    ] {
+        let route = (method.to_owned(), path.to_owned());
+        if !served.contains_key(&route) {
+            problems.push(format!("{method} {path} is not served by command-api"));
+        }
+        match documented.get(&route) {
+            None => problems.push(format!("{method} {path} is not in schemas/openapi.yaml")),
+            Some(true) => problems.push(format!(
+                "{method} {path} is marked `x-keel-status: planned` in schemas/openapi.yaml"
+            )),
+            Some(false) => {}
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
 }

@@ -25,11 +25,7 @@ async fn drive_commands(
         let token = mint(dev_issuer::TokenRequest {
             sub: id.to_string(),
             roles: vec!["user".into()],
-            ttl_seconds: 3600,
-            alg: dev_issuer::Alg::Rs256,
-            audience: None,
-            email: None,
-            name: None,
+            ..Default::default()
         });
         let response = app
             .send(

@@ -422,12 +422,9 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<Figure>> {
             mint(dev_issuer::TokenRequest {
                 sub: user.to_string(),
                 roles: vec!["user".into()],
-                ttl_seconds: 3600,
                 // Cheaper to sign than RS256; the server verifies either.
                 alg: dev_issuer::Alg::Es256,
-                audience: None,
-                email: None,
-                name: None,
+                ..Default::default()
             })
         })
         .collect();
