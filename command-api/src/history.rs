@@ -57,16 +57,6 @@ impl Page {
     }
 }
 
-fn require_admin(principal: &Principal) -> Result<(), ApiError> {
-    if principal.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(
-            "reading the log needs the admin role".to_owned(),
-        ))
-    }
-}
-
 fn batch(events: &[RecordedEvent]) -> Response {
     let body: Vec<serde_json::Value> = events.iter().map(envelope::to_json).collect();
     let mut response = Json(body).into_response();
@@ -83,7 +73,7 @@ async fn global_log(
     principal: Principal,
     Query(page): Query<Page>,
 ) -> Result<Response, ApiError> {
-    require_admin(&principal)?;
+    principal.require_admin("reading the log")?;
     auth::ensure_active(&state, &principal).await?;
     let (after, limit) = page.parse()?;
     let events = event_log::read_all(&state.pool, Position(after), limit)
@@ -99,7 +89,7 @@ async fn stream_events(
     Path(stream_id): Path<String>,
     Query(page): Query<Page>,
 ) -> Result<Response, ApiError> {
-    require_admin(&principal)?;
+    principal.require_admin("reading the log")?;
     auth::ensure_active(&state, &principal).await?;
     let stream: StreamId = parse_id(&stream_id, "stream")?;
     let (after, limit) = page.parse()?;

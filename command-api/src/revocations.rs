@@ -25,16 +25,6 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/api/admin/revocations", post(revoke).get(list))
 }
 
-fn require_admin(principal: &Principal) -> Result<(), ApiError> {
-    if principal.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(
-            "revocations need the admin role".to_owned(),
-        ))
-    }
-}
-
 /// `{"jti", "expires_at"}` or `{"user_id"}`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -101,7 +91,7 @@ async fn revoke(
     context: CommandContext,
     body: JsonBody<RevokeBody>,
 ) -> Result<Response, ApiError> {
-    require_admin(&context.principal)?;
+    context.principal.require_admin("revoking tokens")?;
     auth::ensure_active(&state, &context.principal).await?;
     let now = auth::now();
     let (command, extra) = match body.value.target(now)? {
@@ -156,7 +146,7 @@ async fn list(
     State(state): State<AppState>,
     principal: Principal,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_admin(&principal)?;
+    principal.require_admin("listing revocations")?;
     let revocations = policy::revocations_in_force(&state.pool, auth::now(), LEEWAY_SECS as i64)
         .await
         .map_err(ApiError::internal)?;

@@ -117,7 +117,8 @@ pub enum AppendError {
     Database(#[source] sqlx::Error),
 }
 
-const COLUMNS: &str = "position, event_id, stream_id, version, event_type, schema_version, \
+/// The columns of [`RecordedEvent`], in a `SELECT`.
+pub(crate) const COLUMNS: &str = "position, event_id, stream_id, version, event_type, schema_version, \
                        data, metadata, recorded_at";
 
 /// Takes the append lock for the rest of the transaction. Needed before reading a

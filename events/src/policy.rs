@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 
 use crate::domain::{DecodeError, Event, Role, UserEvent};
-use crate::event_log::RecordedEvent;
+use crate::event_log::{COLUMNS, RecordedEvent};
 use crate::ids::{Position, StreamId, UserId};
 
 /// The event types that change what a token may do. The log keeps a partial index of
@@ -144,9 +144,7 @@ pub async fn events_after(
     limit: i64,
 ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT position, event_id, stream_id, version, event_type, schema_version, data,
-                metadata, recorded_at
-         FROM events WHERE event_type IN {EVENT_TYPES_SQL} AND position > $1
+        "SELECT {COLUMNS} FROM events WHERE event_type IN {EVENT_TYPES_SQL} AND position > $1
          ORDER BY position LIMIT $2"
     ))
     .bind(after.0)
@@ -180,12 +178,10 @@ pub async fn revocations_in_force(
     now: i64,
     leeway: i64,
 ) -> Result<Vec<RecordedRevocation>, ReadError> {
-    let rows: Vec<RecordedEvent> = sqlx::query_as(
-        "SELECT position, event_id, stream_id, version, event_type, schema_version, data,
-                metadata, recorded_at
-         FROM events WHERE event_type IN ('user.tokens_revoked', 'token.revoked')
-         ORDER BY position",
-    )
+    let rows: Vec<RecordedEvent> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM events
+         WHERE event_type IN ('user.tokens_revoked', 'token.revoked') ORDER BY position"
+    ))
     .fetch_all(executor)
     .await?;
     let mut latest: Vec<RecordedRevocation> = Vec::new();

@@ -117,26 +117,36 @@ impl Projector {
                 stream: self.stream.clone(),
                 source,
             })?;
-        stream
-            .get_or_create_consumer(
-                &name,
-                consumer::pull::Config {
-                    durable_name: Some(name.clone()),
-                    filter_subject: self.projection.filter_subject(&self.subject_prefix),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: ACK_WAIT,
-                    // Never dropped by the server: giving up is the projector's call.
-                    max_deliver: -1,
-                    max_ack_pending: (BATCH * 4) as i64,
-                    deliver_policy: consumer::DeliverPolicy::All,
-                    ..Default::default()
-                },
-            )
+        let config = consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: self.projection.filter_subject(&self.subject_prefix),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: ACK_WAIT,
+            // Never dropped by the server: giving up is the projector's call.
+            max_deliver: -1,
+            max_ack_pending: (BATCH * 4) as i64,
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        };
+        let failed = |source: Box<dyn std::error::Error + Send + Sync>| ProjectorError::Consumer {
+            consumer: name.clone(),
+            source,
+        };
+        let mut consumer: consumer::PullConsumer = stream
+            .get_or_create_consumer(&name, config.clone())
             .await
-            .map_err(|source| ProjectorError::Consumer {
-                consumer: name,
-                source: Box::new(source),
-            })
+            .map_err(|e| failed(Box::new(e)))?;
+        // A consumer made by an older Keel may filter less than the projection now reads
+        // (`users` read `<prefix>.user.>` before it read revoked tokens too): update it;
+        // its acknowledged position stays.
+        if consumer.cached_info().config.filter_subject != config.filter_subject {
+            tracing::info!(consumer = %name, filter = %config.filter_subject, "updating the consumer's filter");
+            consumer = stream
+                .create_consumer(config)
+                .await
+                .map_err(|e| failed(Box::new(e)))?;
+        }
+        Ok(consumer)
     }
 
     async fn consume(&self, stop: &CancellationToken) -> Result<(), ProjectorError> {

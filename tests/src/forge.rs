@@ -77,3 +77,21 @@ pub fn hs256(header: &Value, claims: &Value, secret: &[u8]) -> String {
     .expect("HS256 signing");
     format!("{message}.{signature}")
 }
+
+/// A JWKS server of the test issuer's keys, a forger's key (so a test can sign any claims
+/// Keel will verify) and a Keycloak-style encryption key.
+pub async fn jwks_with_forger() -> (crate::JwksServer, Forger) {
+    let forger = Forger::new("forger-es256").expect("a forger key");
+    let jwks = crate::JwksServer::start().await.expect("a JWKS server");
+    let mut document = crate::jwks_server::issuer().jwks();
+    if let Some(keys) = document["keys"].as_array_mut() {
+        let mut enc = keys[0].clone();
+        enc["kid"] = serde_json::json!("enc-key");
+        enc["use"] = serde_json::json!("enc");
+        enc["alg"] = serde_json::json!("RSA-OAEP");
+        keys.push(forger.jwk.clone());
+        keys.push(enc);
+    }
+    jwks.set_document(document);
+    (jwks, forger)
+}

@@ -4,10 +4,10 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dev_issuer::{Alg, DEFAULT_AUDIENCE, TokenRequest};
-use keel_tests::forge::{Forger, hs256, unsigned};
+use keel_tests::TestApp;
+use keel_tests::forge::{Forger, hs256, jwks_with_forger, unsigned};
 use keel_tests::jwks_server::issuer;
 use keel_tests::test_app::{mint, test_config};
-use keel_tests::{JwksServer, TestApp};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -39,22 +39,6 @@ async fn app_with_forger() -> (TestApp, Forger) {
     let config = test_config(keel_tests::fresh_database().await.unwrap(), &jwks);
     let app = TestApp::spawn_with(config, jwks).await.unwrap();
     (app, forger)
-}
-
-/// A JWKS server of the issuer's keys, the forger's key and an encryption key.
-async fn jwks_with_forger() -> (JwksServer, Forger) {
-    let forger = Forger::new("forger-es256").unwrap();
-    let jwks = JwksServer::start().await.unwrap();
-    let mut document = issuer().jwks();
-    let keys = document["keys"].as_array_mut().unwrap();
-    keys.push(forger.jwk.clone());
-    let mut enc = keys[0].clone();
-    enc["kid"] = json!("enc-key");
-    enc["use"] = json!("enc");
-    enc["alg"] = json!("RSA-OAEP");
-    keys.push(enc);
-    jwks.set_document(document);
-    (jwks, forger)
 }
 
 async fn status_of(app: &TestApp, token: &str) -> u16 {

@@ -11,7 +11,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dev_issuer::TokenRequest;
 use events::read_model::Projection;
-use keel_tests::forge::Forger;
+use keel_tests::forge::jwks_with_forger;
+use keel_tests::identity_provider::IdentityProvider;
 use keel_tests::jwks_server::issuer;
 use keel_tests::notifications::{Auth, Connect, Socket, connect, try_connect};
 use keel_tests::projections::{self, Running};
@@ -83,6 +84,15 @@ async fn refused_within(app: &TestApp, path: &str, token: &str, expected: u16, w
     .await;
 }
 
+/// `POST /api/admin/revocations` with `body`: the status and the answer.
+async fn revoke(app: &TestApp, admin: &str, body: Value) -> (u16, Value) {
+    let response = app
+        .send(Method::POST, "/api/admin/revocations", admin, body)
+        .await;
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
 async fn ticket(app: &TestApp, token: &str) -> (u16, Value) {
     let response = app
         .request(Method::POST, "/api/ws-tickets", token)
@@ -109,16 +119,13 @@ async fn a_revoked_admin_token_is_refused_by_every_instance_within_a_second() {
     assert_eq!(status(&b, Method::GET, "/api/events", &stolen).await, 200);
     let claims = claims_of(&stolen);
 
-    let response = a
-        .send(
-            Method::POST,
-            "/api/admin/revocations",
-            &root,
-            json!({"jti": claims["jti"], "expires_at": claims["exp"]}),
-        )
-        .await;
-    assert_eq!(response.status(), 201);
-    let body: Value = response.json().await.unwrap();
+    let (revoked, body) = revoke(
+        &a,
+        &root,
+        json!({"jti": claims["jti"], "expires_at": claims["exp"]}),
+    )
+    .await;
+    assert_eq!(revoked, 201, "{body}");
     assert!(
         body["stream_id"].as_str().unwrap().starts_with("token-"),
         "{body}"
@@ -168,16 +175,14 @@ async fn a_revoked_admin_token_is_refused_by_every_instance_within_a_second() {
         assert!(item["revoked_by"].is_string(), "{item}");
     }
     // Revoking it again changes nothing.
-    let again = a
-        .send(
-            Method::POST,
-            "/api/admin/revocations",
-            &root,
-            json!({"jti": claims["jti"], "expires_at": claims["exp"]}),
-        )
-        .await;
-    assert_eq!(again.status(), 200);
-    assert_eq!(again.json::<Value>().await.unwrap()["events"], json!([]));
+    let (again, body) = revoke(
+        &a,
+        &root,
+        json!({"jti": claims["jti"], "expires_at": claims["exp"]}),
+    )
+    .await;
+    assert_eq!(again, 200);
+    assert_eq!(body["events"], json!([]));
     assert_eq!(a.event_count().await, count);
     projectors.stop().await;
     b.stop_keeping_stream().await;
@@ -194,16 +199,8 @@ async fn a_revocation_holds_with_redis_down_flushed_and_every_process_restarted(
 
     // No Pub/Sub at all: the instances still learn it from the log.
     redis.stop();
-    let response = a
-        .send(
-            Method::POST,
-            "/api/admin/revocations",
-            &root,
-            json!({"user_id": victim}),
-        )
-        .await;
-    assert_eq!(response.status(), 201);
-    let body: Value = response.json().await.unwrap();
+    let (revoked, body) = revoke(&a, &root, json!({"user_id": victim})).await;
+    assert_eq!(revoked, 201, "{body}");
     assert_eq!(body["user_id"], json!(victim));
     assert_eq!(body["events"][0]["type"], "user.tokens_revoked");
     assert!(body["issued_up_to"].is_i64() && body["created_at"].is_string());
@@ -324,18 +321,9 @@ async fn a_users_cutoff_refuses_tokens_issued_before_it_and_accepts_later_ones()
     let (_, root) = registered(&a, &["user", "admin"]).await;
     let (user, old) = registered(&a, &["user"]).await;
     let mut socket = socket_with_ticket(&b, &old).await;
-    let response = a
-        .send(
-            Method::POST,
-            "/api/admin/revocations",
-            &root,
-            json!({"user_id": user}),
-        )
-        .await;
-    assert_eq!(response.status(), 201);
-    let cutoff = response.json::<Value>().await.unwrap()["issued_up_to"]
-        .as_i64()
-        .unwrap();
+    let (revoked, body) = revoke(&a, &root, json!({"user_id": user})).await;
+    assert_eq!(revoked, 201, "{body}");
+    let cutoff = body["issued_up_to"].as_i64().unwrap();
     assert_eq!(socket.closed(Duration::from_secs(2)).await, Some(4003));
     refused_within(&b, "/api/posts", &old, 401, Duration::from_secs(1)).await;
     // A token minted in the cut-off's second cannot be told apart from one minted just
@@ -372,14 +360,7 @@ async fn a_users_cutoff_refuses_tokens_issued_before_it_and_accepts_later_ones()
 
 #[tokio::test]
 async fn tokens_that_are_not_plain_access_tokens_for_keel_are_refused_with_no_effect() {
-    let forger = Forger::new("forger-trust").unwrap();
-    let jwks = JwksServer::start().await.unwrap();
-    let mut document = issuer().jwks();
-    document["keys"]
-        .as_array_mut()
-        .unwrap()
-        .push(forger.jwk.clone());
-    jwks.set_document(document);
+    let (jwks, forger) = jwks_with_forger().await;
     let config = test_config(fresh_database().await.unwrap(), &jwks);
     let app = TestApp::spawn_with(config, jwks).await.unwrap();
     let now = chrono::Utc::now().timestamp();
@@ -563,5 +544,136 @@ async fn a_ticket_opens_one_socket_and_nothing_else() {
     assert_eq!(self::ticket(&app, &stranger).await.0, 403);
     assert_eq!(status(&app, Method::GET, "/api/posts", &token).await, 200);
     socket.close().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sensitive_operations_ask_the_identity_provider_and_fail_closed() {
+    let provider = IdentityProvider::start().await.unwrap();
+    let jwks = JwksServer::start().await.unwrap();
+    let mut config = test_config(fresh_database().await.unwrap(), &jwks);
+    config.introspection_url = Some(provider.introspection_url());
+    config.introspection_client_id = provider.client_id().to_owned();
+    config.introspection_client_secret = provider.client_secret().parse().unwrap();
+    let app = TestApp::spawn_with(config, jwks).await.unwrap();
+    let (_, root) = registered(&app, &["user", "admin"]).await;
+    let (other, _) = registered(&app, &["user"]).await;
+    assert_eq!(provider.calls(), 0, "registering is not sensitive");
+
+    // Active: asked once, the answer reused.
+    for _ in 0..3 {
+        assert_eq!(status(&app, Method::GET, "/api/events", &root).await, 200);
+    }
+    assert_eq!(provider.calls(), 1, "an active answer is reused");
+
+    // Inactive at the provider: every sensitive operation is 401, nothing is appended;
+    // the rest still works.
+    let (_, revoked) = registered(&app, &["user", "admin"]).await;
+    provider.revoke(&revoked);
+    let count = app.event_count().await;
+    let sensitive = [
+        (
+            Method::PUT,
+            format!("/api/users/{other}/roles"),
+            Some(json!({"roles": ["user", "admin"]})),
+        ),
+        (Method::DELETE, format!("/api/users/{other}"), None),
+        (
+            Method::POST,
+            "/api/admin/revocations".to_owned(),
+            Some(json!({"user_id": other})),
+        ),
+        (Method::GET, "/api/events".to_owned(), None),
+        (
+            Method::GET,
+            format!("/api/streams/user-{other}/events"),
+            None,
+        ),
+    ];
+    for (method, path, body) in &sensitive {
+        let mut request = app.request(method.clone(), path, &revoked);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{method} {path}");
+    }
+    assert_eq!(
+        app.event_count().await,
+        count,
+        "a refused operation appended"
+    );
+    assert_eq!(status(&app, Method::GET, "/api/posts", &revoked).await, 200);
+
+    // The provider down: sensitive operations are 503 with Retry-After (fail closed).
+    provider.set_up(false);
+    let (_, unasked) = registered(&app, &["user", "admin"]).await;
+    let response = app
+        .request(Method::GET, "/api/events", &unasked)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(status(&app, Method::GET, "/api/posts", &unasked).await, 200);
+    provider.set_up(true);
+
+    // An active answer is reused for at most 10 s: revoked there, refused here by then.
+    provider.revoke(&root);
+    refused_within(&app, "/api/events", &root, 401, Duration::from_secs(12)).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_users_consumer_made_before_revocations_existed_is_updated_to_read_them() {
+    let app = TestApp::spawn().await.unwrap();
+    let nats = async_nats::connect(&app.nats_url).await.unwrap();
+    let jetstream = async_nats::jetstream::new(nats);
+    let stream = jetstream.get_stream(&app.stream).await.unwrap();
+    let old = format!("{}.user.>", app.subject_prefix);
+    stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("projector-users".to_owned()),
+            filter_subject: old,
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (_, root) = registered(&app, &["user", "admin"]).await;
+    let (revoked, body) = revoke(
+        &app,
+        &root,
+        json!({"jti": "old-consumer", "expires_at": chrono::Utc::now().timestamp() + 600}),
+    )
+    .await;
+    assert_eq!(revoked, 201, "{body}");
+    let projectors = Running::start_with(projections::config(&app), &[Projection::Users]).await;
+    let head = events::event_log::head(&app.pool).await.unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "users applied the revocation",
+        || async {
+            let at = events::read_model::position(&app.pool, Projection::Users, "rm_users")
+                .await
+                .map_err(|e| e.to_string())?;
+            if at >= head {
+                Ok(())
+            } else {
+                Err(format!("at {at} of {head}"))
+            }
+        },
+    )
+    .await;
+    let info = stream
+        .consumer_info("projector-users")
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(
+        info.config.filter_subject,
+        format!("{}.>", app.subject_prefix)
+    );
+    projectors.stop().await;
     app.stop().await;
 }

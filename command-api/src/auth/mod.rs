@@ -90,6 +90,15 @@ impl Principal {
     pub fn is_admin(&self) -> bool {
         self.roles.iter().any(|r| r == "admin")
     }
+
+    /// 403 unless Keel grants this caller `admin`; `what` names what needs it.
+    pub fn require_admin(&self, what: &str) -> Result<(), ApiError> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!("{what} needs the admin role")))
+        }
+    }
 }
 
 #[derive(Deserialize)]

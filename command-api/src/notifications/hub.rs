@@ -151,14 +151,19 @@ impl Hub {
         }
     }
 
-    /// The sockets `pick` selects: how to close each, and who opened it.
+    /// The sockets `pick` selects (of `user` only, when given): how to close each, and
+    /// who opened it.
     fn sockets_where(
         &self,
+        user: Option<UserId>,
         pick: impl Fn(&Subscriber) -> bool,
     ) -> Vec<(CancellationToken, Principal)> {
-        self.subscribers()
-            .values()
-            .flatten()
+        let subscribers = self.subscribers();
+        let sockets: Box<dyn Iterator<Item = &Subscriber>> = match user {
+            Some(user) => Box::new(subscribers.get(&user).into_iter().flatten()),
+            None => Box::new(subscribers.values().flatten()),
+        };
+        sockets
             .filter(|s| pick(s))
             .map(|s| (s.revoked.clone(), s.principal.clone()))
             .collect()
@@ -178,11 +183,11 @@ impl Hub {
                 change = changes.recv() => change,
             };
             let sockets = match change {
-                Ok(Change::User(user)) => self.sockets_where(|s| s.principal.user_id == user),
+                Ok(Change::User(user)) => self.sockets_where(Some(user), |_| true),
                 Ok(Change::Token(jti)) => {
-                    self.sockets_where(|s| s.principal.jti.as_deref() == Some(&*jti))
+                    self.sockets_where(None, |s| s.principal.jti.as_deref() == Some(&*jti))
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => self.sockets_where(|_| true),
+                Err(broadcast::error::RecvError::Lagged(_)) => self.sockets_where(None, |_| true),
                 Err(broadcast::error::RecvError::Closed) => return,
             };
             for (revoked, principal) in sockets {
