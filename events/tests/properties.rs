@@ -456,10 +456,9 @@ proptest! {
         prop_assert_eq!(cloud.specversion(), SpecVersion::V10);
         prop_assert_eq!(cloud.id(), recorded.event_id.to_string());
         prop_assert_eq!(cloud.ty(), event.event_type());
-        let source = if event.event_type().starts_with("user.") {
-            "/keel/users"
-        } else {
-            "/keel/blog"
+        let source = match event {
+            Event::User(_) | Event::Token(_) => "/keel/users",
+            Event::Post(_) => "/keel/blog",
         };
         prop_assert_eq!(cloud.source().as_str(), source);
         let subject = recorded.stream_id.to_string();

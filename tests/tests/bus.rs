@@ -159,6 +159,7 @@ impl Cluster {
                 "KEEL_JWT_ISSUER",
                 keel_tests::jwks_server::issuer().issuer().to_owned(),
             ),
+            ("KEEL_JWT_AUDIENCE", dev_issuer::DEFAULT_AUDIENCE.to_owned()),
             ("KEEL_STREAM", stream.clone()),
             ("KEEL_SUBJECT_PREFIX", unique_name("test")),
             ("KEEL_DB_POOL_SIZE", "4".to_owned()),
