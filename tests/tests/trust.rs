@@ -118,6 +118,25 @@ async fn a_revoked_admin_token_is_refused_by_every_instance_within_a_second() {
     let (_, stolen) = registered(&a, &["user", "admin"]).await;
     assert_eq!(status(&b, Method::GET, "/api/events", &stolen).await, 200);
     let claims = claims_of(&stolen);
+    // Requests with the stolen token keep coming to B while it is revoked through A.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let load = {
+        let (client, url, stolen, stop) = (
+            b.client.clone(),
+            b.url("/api/events"),
+            stolen.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.is_cancelled() {
+                let started = Instant::now();
+                let response = client.get(&url).bearer_auth(&stolen).send().await;
+                seen.push((started, response.map_or(0, |r| r.status().as_u16())));
+            }
+            seen
+        })
+    };
 
     let (revoked, body) = revoke(
         &a,
@@ -143,6 +162,24 @@ async fn a_revoked_admin_token_is_refused_by_every_instance_within_a_second() {
     assert_eq!(status(&a, Method::GET, "/api/events", &stolen).await, 401);
     refused_within(&b, "/api/events", &stolen, 401, Duration::from_secs(1)).await;
     assert!(revoked_at.elapsed() < Duration::from_secs(1));
+    // Under that load, nothing is accepted past the bound (PROMISES P21).
+    tokio::time::sleep_until((revoked_at + Duration::from_millis(1300)).into()).await;
+    stop.cancel();
+    let seen = load.await.unwrap();
+    assert!(
+        seen.iter().any(|(_, s)| *s == 200),
+        "the load ran before the revocation"
+    );
+    let late: Vec<_> = seen
+        .iter()
+        .filter(|(at, status)| *at > revoked_at + Duration::from_secs(1) && *status != 401)
+        .collect();
+    assert!(
+        seen.iter()
+            .any(|(at, _)| *at > revoked_at + Duration::from_secs(1))
+            && late.is_empty(),
+        "requests past the bound not refused: {late:?}"
+    );
 
     // Refused everywhere, appending nothing.
     let count = a.event_count().await;
