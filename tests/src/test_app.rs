@@ -158,6 +158,19 @@ impl TestApp {
         (id, token)
     }
 
+    /// The status of creating a draft post with `token` (a probe of write access).
+    pub async fn create_post_status(&self, token: &str) -> u16 {
+        self.send(
+            Method::POST,
+            "/api/posts",
+            token,
+            serde_json::json!({"title": "t", "body": "b"}),
+        )
+        .await
+        .status()
+        .as_u16()
+    }
+
     /// Creates and publishes a post; returns its id.
     pub async fn published_post(&self, token: &str) -> Uuid {
         let response = self

@@ -221,15 +221,7 @@ async fn a_deactivated_user_is_refused_every_command() {
         "user.deactivated"
     );
     let before = app.event_count().await;
-    let post = app
-        .send(
-            Method::POST,
-            "/api/posts",
-            &token,
-            json!({"title": "t", "body": "b"}),
-        )
-        .await;
-    assert_eq!(post.status(), 403);
+    assert_eq!(app.create_post_status(&token).await, 403);
     let rename = app
         .send(
             Method::PATCH,
