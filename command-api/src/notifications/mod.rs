@@ -69,13 +69,12 @@ async fn mint_ticket(
             "register first (POST /api/users)".to_owned(),
         ));
     }
-    let ticket = state.hub.tickets.mint(&principal).await.map_err(|error| {
-        tracing::warn!(error = %error, "minting a socket ticket failed");
-        ApiError::Unavailable {
-            dependency: "redis",
-            retry_after_secs: 1,
-        }
-    })?;
+    let ticket = state
+        .hub
+        .tickets
+        .mint(&principal)
+        .await
+        .map_err(|error| redis_unavailable("minting a socket ticket", &error))?;
     Ok((
         axum::http::StatusCode::CREATED,
         Json(serde_json::json!({ "ticket": ticket, "expires_in": ticket::TTL_SECS })),
@@ -177,19 +176,17 @@ async fn open(
         }
     };
     // Sockets get no leeway on `exp`: one would only be closed (4001) right away.
-    if principal.expires_at <= jsonwebtoken::get_current_timestamp() as i64 {
+    if principal.expires_at <= crate::auth::now() {
         return Err(ApiError::Unauthorized("token expired".to_owned()));
     }
     // Where the user's notifications stand now, read before the 101: a socket that
     // starts live misses nothing published after its client saw it open, and no socket
     // is accepted while its history cannot be read.
-    let tail = hub.history.tail(principal.user_id).await.map_err(|error| {
-        tracing::warn!(error = %error, "notification history unavailable");
-        ApiError::Unavailable {
-            dependency: "redis",
-            retry_after_secs: 1,
-        }
-    })?;
+    let tail = hub
+        .history
+        .tail(principal.user_id)
+        .await
+        .map_err(|error| redis_unavailable("reading the notification history", &error))?;
     let cursor = resume.map_or(tail, Cursor::at);
     let session = Session {
         hub: hub.clone(),
@@ -209,6 +206,15 @@ async fn open(
         .into_response())
 }
 
+/// 503 for a request that needed Redis and could not have it; the cause is logged.
+fn redis_unavailable(what: &str, error: &dyn std::error::Error) -> ApiError {
+    tracing::warn!(error = %error, what, "redis unavailable");
+    ApiError::Unavailable {
+        dependency: "redis",
+        retry_after_secs: 1,
+    }
+}
+
 /// The principal a ticket was minted for, consumed now and authorized as of now.
 async fn redeem(state: &AppState, ticket: &str) -> Result<Principal, ApiError> {
     let refused = || ApiError::Unauthorized("ticket unknown, used or expired".to_owned());
@@ -220,13 +226,7 @@ async fn redeem(state: &AppState, ticket: &str) -> Result<Principal, ApiError> {
         .tickets
         .redeem(ticket)
         .await
-        .map_err(|error| {
-            tracing::warn!(error = %error, "redeeming a socket ticket failed");
-            ApiError::Unavailable {
-                dependency: "redis",
-                retry_after_secs: 1,
-            }
-        })?
+        .map_err(|error| redis_unavailable("redeeming a socket ticket", &error))?
         .ok_or_else(refused)?;
     tracing::Span::current().record("user_id", tracing::field::display(principal.user_id));
     state.policy.authorize(principal).await

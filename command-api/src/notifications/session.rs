@@ -114,7 +114,7 @@ impl Session {
         // Registered first, then the history read: whatever is published meanwhile is
         // in the history, in the queue, or both (and then dropped by the cursor). A
         // resubscription from now on (even during this read) triggers another read.
-        let remaining = self.principal.expires_at - jsonwebtoken::get_current_timestamp() as i64;
+        let remaining = self.principal.expires_at - crate::auth::now();
         let expiry = tokio::time::Instant::now()
             + Duration::from_secs(
                 u64::try_from(remaining)

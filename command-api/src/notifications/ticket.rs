@@ -104,7 +104,8 @@ impl Tickets {
             expires_at: minted.exp,
             issued_at: minted.iat,
             jti: minted.jti.map(Into::into),
-            registered: true,
+            // Filled in when the policy authorizes it.
+            registered: false,
             token: crate::auth::BearerToken::none(),
         }))
     }

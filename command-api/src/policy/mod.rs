@@ -30,7 +30,7 @@ use sqlx::PgPool;
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{LEEWAY_SECS, Principal};
+use crate::auth::{LEEWAY_SECS, Principal, now};
 use crate::error::ApiError;
 use events::ids::UserId;
 use events::policy::{self, Invalidation, Revocation, UserPolicy};
@@ -53,6 +53,13 @@ const CHANGES: usize = 1024;
 pub enum Change {
     User(UserId),
     Token(Arc<str>),
+}
+
+/// Where a principal stands, before its roles are looked at.
+enum Standing {
+    Revoked,
+    Deactivated,
+    Allowed(Arc<UserPolicy>),
 }
 
 /// The authorization state of this instance.
@@ -106,26 +113,39 @@ impl Policy {
         self.changes.subscribe()
     }
 
-    /// What Keel allows `principal` (a verified token) now: 401 for a revoked token, 403
-    /// for a deactivated user, the token's roles cut down to the user's roles in Keel,
-    /// and 503 for an admin while the cache cannot be confirmed.
-    pub async fn authorize(&self, mut principal: Principal) -> Result<Principal, ApiError> {
+    /// Where `principal` stands now: its token or user revoked, its user deactivated, or
+    /// allowed as the user's policy says.
+    async fn standing(&self, principal: &Principal) -> Result<Standing, ApiError> {
         if principal
             .jti
             .as_deref()
             .is_some_and(|jti| self.cache().is_revoked(jti))
         {
-            return Err(ApiError::Unauthorized("token revoked".to_owned()));
+            return Ok(Standing::Revoked);
         }
         let user = self.user(principal.user_id).await?;
-        if user.refuses_issued_at(principal.issued_at) {
-            return Err(ApiError::Unauthorized("token revoked".to_owned()));
-        }
-        if user.registered && !user.active {
-            return Err(ApiError::Forbidden(
-                "your account is deactivated".to_owned(),
-            ));
-        }
+        Ok(if user.refuses_issued_at(principal.issued_at) {
+            Standing::Revoked
+        } else if user.registered && !user.active {
+            Standing::Deactivated
+        } else {
+            Standing::Allowed(user)
+        })
+    }
+
+    /// What Keel allows `principal` (a verified token) now: 401 for a revoked token, 403
+    /// for a deactivated user, the token's roles cut down to the user's roles in Keel,
+    /// and 503 for an admin while the cache cannot be confirmed.
+    pub async fn authorize(&self, mut principal: Principal) -> Result<Principal, ApiError> {
+        let user = match self.standing(&principal).await? {
+            Standing::Revoked => return Err(ApiError::Unauthorized("token revoked".to_owned())),
+            Standing::Deactivated => {
+                return Err(ApiError::Forbidden(
+                    "your account is deactivated".to_owned(),
+                ));
+            }
+            Standing::Allowed(user) => user,
+        };
         principal.roles.retain(|role| user.grants(role));
         principal.registered = user.registered;
         if principal.is_admin() && self.is_stale() {
@@ -140,15 +160,10 @@ impl Policy {
     /// Whether a connection opened by `principal` must end now (its token revoked, its
     /// user deactivated or cut off).
     pub async fn revokes(&self, principal: &Principal) -> Result<bool, ApiError> {
-        if principal
-            .jti
-            .as_deref()
-            .is_some_and(|jti| self.cache().is_revoked(jti))
-        {
-            return Ok(true);
-        }
-        let user = self.user(principal.user_id).await?;
-        Ok(user.refuses_issued_at(principal.issued_at) || (user.registered && !user.active))
+        Ok(!matches!(
+            self.standing(principal).await?,
+            Standing::Allowed(_)
+        ))
     }
 
     /// `user`'s policy, from the cache or the log.
@@ -182,7 +197,7 @@ impl Policy {
     /// Evicts what `invalidation` names and reads the log at once.
     pub fn invalidate(&self, invalidation: Invalidation) {
         self.cache().evict(invalidation);
-        self.wake.notify_one();
+        self.wake();
     }
 
     /// Applies every policy event the log holds after the last one applied. Returns how
@@ -239,8 +254,4 @@ impl Policy {
             self.cache().prune(now());
         }
     }
-}
-
-fn now() -> i64 {
-    jsonwebtoken::get_current_timestamp() as i64
 }
