@@ -64,9 +64,43 @@ impl Bus {
         }
     }
 
-    /// Creates the stream, or checks and updates an existing one. An existing stream
-    /// with memory storage, or that cannot take Keel's subjects, is an error.
+    /// Creates the stream and its dead-letter stream, or checks and updates existing
+    /// ones. An existing stream with memory storage, or that cannot take Keel's subjects,
+    /// is an error. The command API manages both: the projectors and the relay may only
+    /// consume the one and publish to the other.
     pub async fn ensure_stream(
+        &self,
+        context: &jetstream::Context,
+    ) -> Result<stream::Stream, StreamError> {
+        self.ensure_dead_letter_stream(context).await?;
+        self.ensure_event_stream(context).await
+    }
+
+    /// The dead-letter stream `<stream>_DLQ` on `dlq.<prefix>.>`: file storage, kept
+    /// until removed, created if missing.
+    async fn ensure_dead_letter_stream(
+        &self,
+        context: &jetstream::Context,
+    ) -> Result<(), StreamError> {
+        let name = events::nats::dead_letter_stream(&self.stream);
+        let subjects = events::nats::dead_letter_subjects(&self.subject_prefix);
+        context
+            .get_or_create_stream(stream::Config {
+                name: name.clone(),
+                subjects: vec![format!("{subjects}.>")],
+                storage: stream::StorageType::File,
+                duplicate_window: MIN_DUPLICATE_WINDOW,
+                ..Default::default()
+            })
+            .await
+            .map(drop)
+            .map_err(|source| StreamError::Create {
+                stream: name,
+                source,
+            })
+    }
+
+    async fn ensure_event_stream(
         &self,
         context: &jetstream::Context,
     ) -> Result<stream::Stream, StreamError> {

@@ -73,12 +73,26 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// NATS with JetStream.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    /// NATS with JetStream; `user:password@` in the URL authenticates.
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
     pub nats_url: String,
 
-    /// Redis: notification channels and the UI cache.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    /// A NATS creds file (user JWT and nkey seed) to authenticate with instead.
+    #[arg(long, env = "NATS_CREDS")]
+    pub nats_creds: Option<std::path::PathBuf>,
+
+    /// Redis: notification channels and the UI cache; `user:password@` selects the ACL user.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
     pub redis_url: String,
 
     /// Listen address (port 0 picks a free port).

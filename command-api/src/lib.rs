@@ -93,8 +93,8 @@ pub enum StartError {
     Database(#[from] events::database::OpenError),
     #[error("invalid REDIS_URL")]
     Redis(#[source] redis::RedisError),
-    #[error("invalid NATS_URL")]
-    Nats(#[source] async_nats::ConnectError),
+    #[error(transparent)]
+    Nats(events::nats::ConnectError),
     #[error(transparent)]
     Stream(#[from] bus::StreamError),
     #[error("cannot build the JWKS client")]
@@ -169,9 +169,7 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
     );
     let redis = redis::Client::open(config.redis_url.as_str()).map_err(StartError::Redis)?;
     let cache = cache::Cache::new(redis.clone()).map_err(StartError::Redis)?;
-    let nats = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connect(config.nats_url.as_str())
+    let nats = events::nats::connect(&config.nats_url, config.nats_creds.as_deref())
         .await
         .map_err(StartError::Nats)?;
     let keys = Arc::new(

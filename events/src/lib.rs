@@ -10,6 +10,7 @@
 //! - [`event_log`]: append with optimistic concurrency and no-skip reads by position.
 //! - [`envelope`]: the CloudEvents 1.0 form of a logged event.
 //! - [`leader`]: one active instance among several (a Postgres advisory lock).
+//! - [`nats`]: connecting to NATS as a principal; the dead-letter stream's names.
 //! - [`notification`]: what the relay derives from events, its Redis keys and offsets.
 //! - [`outbox`]: the publisher's checkpoint and republish requests (the log is the outbox).
 //! - [`policy`]: what authorization folds from the log, and the invalidation channels.
@@ -23,6 +24,7 @@ pub mod envelope;
 pub mod event_log;
 pub mod ids;
 pub mod leader;
+pub mod nats;
 pub mod notification;
 pub mod outbox;
 pub mod policy;

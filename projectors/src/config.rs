@@ -15,21 +15,28 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// NATS with JetStream.
+    /// NATS with JetStream; `user:password@` in the URL authenticates.
     #[arg(
         long,
         env = "NATS_URL",
         default_value = "nats://127.0.0.1:4222",
-        global = true
+        global = true,
+        hide_env_values = true
     )]
     pub nats_url: String,
 
-    /// Redis: the UI cache the projectors invalidate, the relay's notification channels.
+    /// A NATS creds file (user JWT and nkey seed) to authenticate with instead.
+    #[arg(long, env = "NATS_CREDS", global = true)]
+    pub nats_creds: Option<std::path::PathBuf>,
+
+    /// Redis: the UI cache the projectors invalidate, the relay's notification channels;
+    /// `user:password@` selects the ACL user.
     #[arg(
         long,
         env = "REDIS_URL",
         default_value = "redis://127.0.0.1:6379",
-        global = true
+        global = true,
+        hide_env_values = true
     )]
     pub redis_url: String,
 

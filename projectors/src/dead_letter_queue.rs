@@ -1,14 +1,16 @@
 //! The dead-letter stream `<KEEL_STREAM>_DLQ`: where an event that keeps failing a
 //! consumer is published, with the consumer and the reason, before the consumer moves on.
 //! The read model's own `dead_letters` table is what `projectors dead-letters` lists and
-//! replays; the stream is the bus-side record other tools can subscribe to.
+//! replays; the stream is the bus-side record other tools can subscribe to. The command
+//! API creates the stream beside the event stream (the projectors and the relay may only
+//! publish to it); until it exists, publishing a dead letter fails and the consumer
+//! retries, as after any other failure.
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream;
 
 /// Where dead letters go: stream `<KEEL_STREAM>_DLQ`, subjects `dlq.<prefix>.<consumer>`
-/// (outside `<prefix>.>`, so the dead-letter streams of different prefixes never
-/// overlap).
+/// (`events::nats`).
 #[derive(Debug, Clone)]
 pub struct DeadLetterQueue {
     pub stream: String,
@@ -17,12 +19,6 @@ pub struct DeadLetterQueue {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {
-    #[error("cannot create the dead-letter stream {stream}")]
-    Create {
-        stream: String,
-        #[source]
-        source: jetstream::context::CreateStreamError,
-    },
     #[error("publishing to the dead-letter stream failed")]
     Publish(#[source] jetstream::context::PublishError),
 }
@@ -42,31 +38,13 @@ impl DeadLetterQueue {
     /// The dead-letter stream of the event stream `events_stream` on `subject_prefix`.
     pub fn of(events_stream: &str, subject_prefix: &str) -> Self {
         Self {
-            stream: format!("{events_stream}_DLQ"),
-            subjects: format!("dlq.{subject_prefix}"),
+            stream: events::nats::dead_letter_stream(events_stream),
+            subjects: events::nats::dead_letter_subjects(subject_prefix),
         }
     }
 
     fn subject(&self, consumer: &str) -> String {
         format!("{}.{consumer}", self.subjects)
-    }
-
-    /// Creates the stream if it is missing (file storage, kept until removed).
-    pub async fn ensure(&self, context: &jetstream::Context) -> Result<(), DeadLetterError> {
-        context
-            .get_or_create_stream(stream::Config {
-                name: self.stream.clone(),
-                subjects: vec![format!("{}.>", self.subjects)],
-                storage: stream::StorageType::File,
-                duplicate_window: std::time::Duration::from_secs(120),
-                ..Default::default()
-            })
-            .await
-            .map(drop)
-            .map_err(|source| DeadLetterError::Create {
-                stream: self.stream.clone(),
-                source,
-            })
     }
 
     /// Publishes the letter and waits for the server's ack. The message id makes a

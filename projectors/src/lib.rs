@@ -44,8 +44,8 @@ pub enum StartError {
     Database(#[from] events::database::OpenError),
     #[error("invalid REDIS_URL")]
     Redis(#[source] redis::RedisError),
-    #[error("invalid NATS_URL")]
-    Nats(#[source] async_nats::ConnectError),
+    #[error(transparent)]
+    Nats(events::nats::ConnectError),
 }
 
 /// Opens the database (created and migrated if needed) and the cache.
@@ -65,9 +65,7 @@ pub struct Workers {
 pub async fn build(config: &Config, projections: &[Projection]) -> Result<Workers, StartError> {
     let (pool, cache) = open(config).await?;
     let cache = Arc::new(cache);
-    let nats = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connect(config.nats_url.as_str())
+    let nats = events::nats::connect(&config.nats_url, config.nats_creds.as_deref())
         .await
         .map_err(StartError::Nats)?;
     let jetstream = async_nats::jetstream::new(nats);

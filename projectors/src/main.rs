@@ -138,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Tail { count, idle_secs } => {
             projectors::tail::run(
                 &config.nats_url,
+                config.nats_creds.as_deref(),
                 &config.stream,
                 count,
                 Duration::from_secs(idle_secs),

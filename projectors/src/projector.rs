@@ -150,7 +150,6 @@ impl Projector {
     }
 
     async fn consume(&self, stop: &CancellationToken) -> Result<(), ProjectorError> {
-        self.dead_letters.ensure(&self.jetstream).await?;
         let consumer = self.consumer().await?;
         let messages = consumer
             .stream()

@@ -1,6 +1,7 @@
 //! `projectors tail`: follows the event stream with an ephemeral ordered consumer and
 //! prints one line per message.
 
+use std::path::Path;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
@@ -8,8 +9,8 @@ use futures::StreamExt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TailError {
-    #[error("cannot connect to NATS")]
-    Connect(#[source] async_nats::ConnectError),
+    #[error(transparent)]
+    Connect(#[from] events::nats::ConnectError),
     #[error("cannot open JetStream stream {0}")]
     Stream(String, #[source] jetstream::context::GetStreamError),
     #[error("cannot follow the stream")]
@@ -33,13 +34,12 @@ pub fn line(sequence: u64, subject: &str, payload: &[u8]) -> String {
 /// arrived for `idle`.
 pub async fn run(
     nats_url: &str,
+    nats_creds: Option<&Path>,
     stream: &str,
     count: usize,
     idle: Duration,
 ) -> Result<usize, TailError> {
-    let client = async_nats::connect(nats_url)
-        .await
-        .map_err(TailError::Connect)?;
+    let client = events::nats::connect(nats_url, nats_creds).await?;
     let context = jetstream::new(client);
     let stream_handle = context
         .get_stream(stream)

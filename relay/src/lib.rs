@@ -100,9 +100,7 @@ pub async fn build(config: &Config) -> Result<Relay, StartError> {
             .set_response_timeout(Some(Duration::from_secs(2))),
     )
     .map_err(StartError::Redis)?;
-    let nats = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connect(config.nats_url.as_str())
+    let nats = events::nats::connect(&config.nats_url, config.nats_creds.as_deref())
         .await
         .map_err(StartError::Nats)?;
     Ok(Relay {
@@ -175,7 +173,6 @@ impl Relay {
         if !self.lead(stop).await? {
             return Ok(());
         }
-        self.dead_letters.ensure(&self.jetstream).await?;
         let stream = self
             .jetstream
             .get_stream(&self.stream)

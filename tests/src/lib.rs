@@ -4,7 +4,9 @@
 //!
 //! Pipeline under test: HTTP command -> decide -> Postgres event log (-> JetStream ->
 //! projectors / relay -> Redis -> WebSocket). Nothing here mocks
-//! Postgres, NATS or Redis; only the identity provider is faked (`dev-issuer`).
+//! Postgres, NATS or Redis; only the identity provider is faked (`dev-issuer`). Every
+//! process connects as its own Redis and NATS principal ([`principals`]), the kit's own
+//! inspection and fault injection as the admin.
 
 pub mod api_process;
 pub mod browser;
@@ -13,6 +15,7 @@ pub mod identity_provider;
 pub mod jwks_server;
 pub mod nats_server;
 pub mod notifications;
+pub mod principals;
 pub mod projections;
 pub mod redis_server;
 pub mod server_process;
@@ -53,6 +56,12 @@ where
 /// A unique suffix for database, stream and key-prefix names of one test.
 pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A subject prefix of one test (or benchmark): `test.<unique>`, two tokens, so that
+/// NATS permissions can allow every test's subjects as `test.>`.
+pub fn unique_subject_prefix() -> String {
+    format!("test.{}", uuid::Uuid::new_v4().simple())
 }
 
 /// The server that hosts test databases (its `postgres` database is used to create them).

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::TestApp;
+use crate::principals::Principal;
 
 /// The relay, running in this process until stopped or dropped.
 pub struct RunningRelay {
@@ -27,7 +28,7 @@ pub struct RunningRelay {
 
 impl RunningRelay {
     pub async fn start(app: &TestApp) -> Self {
-        let relay = relay::build(&crate::projections::config(app))
+        let relay = relay::build(&crate::projections::worker_config(app, Principal::Relay))
             .await
             .expect("the relay starts");
         let stop = CancellationToken::new();
@@ -280,7 +281,8 @@ impl Socket {
     }
 }
 
-/// Publishes notifications exactly as the relay does (its script), without events.
+/// Publishes notifications exactly as the relay does (its script, its principal), without
+/// events.
 pub struct Notifier {
     publisher: relay::NotificationPublisher,
     redis: redis::aio::ConnectionManager,
@@ -289,7 +291,7 @@ pub struct Notifier {
 
 impl Notifier {
     pub async fn new(app: &TestApp) -> Self {
-        let client = redis::Client::open(app.redis_url.as_str()).expect("a redis url");
+        let client = redis::Client::open(app.redis_url_of(Principal::Relay)).expect("a redis url");
         Self {
             publisher: relay::NotificationPublisher::new(&app.stream),
             redis: redis::aio::ConnectionManager::new(client)

@@ -9,14 +9,22 @@ use std::time::Duration;
 use events::read_model::Projection;
 use serde_json::Value;
 
+use crate::principals::Principal;
 use crate::{TestApp, eventually};
 
-/// The projectors' configuration for `app`'s database, stream and subjects.
+/// The projectors' configuration for `app`'s database, stream and subjects, as the
+/// projectors' principal.
 pub fn config(app: &TestApp) -> projectors::Config {
+    worker_config(app, Principal::Projectors)
+}
+
+/// A worker's configuration for `app`'s database, stream and subjects, as `principal`.
+pub fn worker_config(app: &TestApp, principal: Principal) -> projectors::Config {
     projectors::Config {
         database_url: app.database_url.clone(),
-        nats_url: app.nats_url.clone(),
-        redis_url: app.redis_url.clone(),
+        nats_url: app.nats_url_of(principal),
+        nats_creds: None,
+        redis_url: app.redis_url_of(principal),
         stream: app.stream.clone(),
         subject_prefix: app.subject_prefix.clone(),
     }

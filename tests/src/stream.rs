@@ -14,7 +14,7 @@ pub struct Stored {
 
 /// Every message in the stream, in stream order (empty if the stream does not exist).
 pub async fn messages(nats_url: &str, stream: &str) -> anyhow::Result<Vec<Stored>> {
-    let client = async_nats::connect(nats_url).await?;
+    let client = crate::principals::nats_connect(nats_url).await?;
     let context = jetstream::new(client);
     let Ok(mut stream) = context.get_stream(stream).await else {
         return Ok(vec![]);
@@ -49,7 +49,7 @@ pub async fn messages(nats_url: &str, stream: &str) -> anyhow::Result<Vec<Stored
 
 /// How many messages the stream holds (0 if it does not exist).
 pub async fn count(nats_url: &str, stream: &str) -> anyhow::Result<u64> {
-    let client = async_nats::connect(nats_url).await?;
+    let client = crate::principals::nats_connect(nats_url).await?;
     let context = jetstream::new(client);
     let Ok(mut stream) = context.get_stream(stream).await else {
         return Ok(0);

@@ -8,7 +8,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::jwks_server::{JwksServer, issuer};
-use crate::{fresh_database, init_test_logging, unique_name};
+use crate::principals::{self, Principal, principals};
+use crate::{fresh_database, init_test_logging, unique_name, unique_subject_prefix};
 
 /// The API key the test app accepts on `/internal/*`.
 pub const SERVICE_KEY: &str = "test-service-key-3f9c1a";
@@ -19,6 +20,7 @@ pub struct TestApp {
     /// The JetStream stream this instance publishes to, on `nats_url`.
     pub stream: String,
     pub subject_prefix: String,
+    /// The command API's own URLs (its principal); see [`TestApp::nats_url_of`].
     pub nats_url: String,
     pub redis_url: String,
     pub pool: sqlx::PgPool,
@@ -75,9 +77,9 @@ impl TestApp {
     /// Stops the server gracefully, waits for it, and deletes its streams (events and
     /// dead letters) from the shared NATS server.
     pub async fn stop(self) {
-        let (nats_url, stream) = (self.nats_url.clone(), self.stream.clone());
+        let (nats_url, stream) = (self.nats_admin_url(), self.stream.clone());
         self.stop_keeping_stream().await;
-        if let Ok(client) = async_nats::connect(&nats_url).await {
+        if let Ok(client) = principals::nats_connect(&nats_url).await {
             let jetstream = async_nats::jetstream::new(client);
             let _ = jetstream.delete_stream(&stream).await;
             let _ = jetstream.delete_stream(format!("{stream}_DLQ")).await;
@@ -92,6 +94,26 @@ impl TestApp {
         if let Some(server) = self.server.take() {
             let _ = server.await;
         }
+    }
+
+    /// `principal`'s URL of the NATS server this instance uses.
+    pub fn nats_url_of(&self, principal: Principal) -> String {
+        principals::nats_as(&self.nats_url, principal)
+    }
+
+    /// `principal`'s URL of the Redis server this instance uses.
+    pub fn redis_url_of(&self, principal: Principal) -> String {
+        principals::redis_as(&self.redis_url, principal)
+    }
+
+    /// The admin's URL of this instance's NATS (for inspection and fault injection).
+    pub fn nats_admin_url(&self) -> String {
+        self.nats_url_of(Principal::Admin)
+    }
+
+    /// The admin's URL of this instance's Redis (for inspection and fault injection).
+    pub fn redis_admin_url(&self) -> String {
+        self.redis_url_of(Principal::Admin)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -206,13 +228,14 @@ impl TestApp {
 }
 
 /// The configuration of a test instance: its own database, stream and subject prefix,
-/// the given JWKS, the shared issuer. Tests change fields before `spawn_with`.
+/// the given JWKS, the shared issuer, the command API's principals. Tests change fields
+/// before `spawn_with`.
 pub fn test_config(database_url: String, jwks: &JwksServer) -> command_api::Config {
     command_api::Config {
         database_url,
-        nats_url: std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned()),
-        redis_url: std::env::var("REDIS_URL")
-            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
+        nats_url: principals().nats_url(Principal::CommandApi),
+        nats_creds: None,
+        redis_url: principals().redis_url(Principal::CommandApi),
         http_addr: "127.0.0.1:0".to_owned(),
         jwks_url: jwks.url.clone(),
         jwt_issuer: issuer().issuer().to_owned(),
@@ -223,7 +246,7 @@ pub fn test_config(database_url: String, jwks: &JwksServer) -> command_api::Conf
         service_keys: SERVICE_KEY.parse().unwrap_or_default(),
         allowed_origins: vec![],
         stream: unique_name("EVENTS_TEST"),
-        subject_prefix: unique_name("test"),
+        subject_prefix: unique_subject_prefix(),
         jwks_refresh: Duration::from_secs(300),
         jwks_cooldown: Duration::from_secs(30),
         db_pool_size: 4,

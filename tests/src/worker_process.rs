@@ -1,9 +1,10 @@
 //! A worker binary (`projectors`, `relay`) as a child process on the test app's database,
-//! stream, subjects and Redis, for tests that SIGKILL it.
+//! stream, subjects and Redis, as its own principal, for tests that SIGKILL it.
 
 use std::process::{Child, Command, Stdio};
 
 use crate::TestApp;
+use crate::principals::Principal;
 
 pub struct WorkerProcess {
     child: Child,
@@ -18,10 +19,14 @@ impl WorkerProcess {
             "{} is missing: run `cargo build --workspace --bins`",
             path.display()
         );
+        let principal = match binary {
+            "relay" => Principal::Relay,
+            _ => Principal::Projectors,
+        };
         let child = Command::new(path)
             .env("DATABASE_URL", &app.database_url)
-            .env("NATS_URL", &app.nats_url)
-            .env("REDIS_URL", &app.redis_url)
+            .env("NATS_URL", app.nats_url_of(principal))
+            .env("REDIS_URL", app.redis_url_of(principal))
             .env("KEEL_STREAM", &app.stream)
             .env("KEEL_SUBJECT_PREFIX", &app.subject_prefix)
             .env("RUST_LOG", "warn")

@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use keel_tests::api_process::ApiProcess;
 use keel_tests::nats_server::NatsServer;
+use keel_tests::principals::{Principal, nats_as, nats_connect};
 use keel_tests::stream::{count, log_ids, messages};
 use keel_tests::test_app::test_config;
-use keel_tests::{JwksServer, TestApp, eventually, fresh_database, prefill, unique_name};
+use keel_tests::{
+    JwksServer, TestApp, eventually, fresh_database, prefill, unique_name, unique_subject_prefix,
+};
 use reqwest::Method;
 use serde_json::json;
 
@@ -46,13 +49,11 @@ async fn assert_stream_equals_log(
         assert_eq!(message.body["id"], message.msg_id);
         let parsed: cloudevents::Event =
             serde_json::from_value(message.body.clone()).expect("a CloudEvent");
-        assert_eq!(
-            message.subject,
-            format!(
-                "{}.{}",
-                message.subject.split('.').next().unwrap(),
-                cloudevents::AttributesReader::ty(&parsed)
-            )
+        let ty = cloudevents::AttributesReader::ty(&parsed);
+        assert!(
+            message.subject.ends_with(&format!(".{ty}")),
+            "{} is not <prefix>.{ty}",
+            message.subject
         );
     }
 }
@@ -153,7 +154,7 @@ impl Cluster {
         let stream = unique_name("EVENTS_TEST");
         let env = vec![
             ("DATABASE_URL", database_url),
-            ("NATS_URL", nats.url.clone()),
+            ("NATS_URL", nats.url_for(Principal::CommandApi)),
             ("KEEL_JWKS_URL", jwks.url.clone()),
             (
                 "KEEL_JWT_ISSUER",
@@ -161,7 +162,7 @@ impl Cluster {
             ),
             ("KEEL_JWT_AUDIENCE", dev_issuer::DEFAULT_AUDIENCE.to_owned()),
             ("KEEL_STREAM", stream.clone()),
-            ("KEEL_SUBJECT_PREFIX", unique_name("test")),
+            ("KEEL_SUBJECT_PREFIX", unique_subject_prefix()),
             ("KEEL_DB_POOL_SIZE", "4".to_owned()),
         ];
         Self {
@@ -197,7 +198,7 @@ async fn app_on_own_nats() -> (NatsServer, TestApp, command_api::Config) {
     let nats = NatsServer::start().await.unwrap();
     let jwks = JwksServer::start().await.unwrap();
     let mut config = test_config(fresh_database().await.unwrap(), &jwks);
-    config.nats_url = nats.url.clone();
+    config.nats_url = nats.url_for(Principal::CommandApi);
     let app = TestApp::spawn_with(config.clone(), jwks).await.unwrap();
     (nats, app, config)
 }
@@ -299,11 +300,11 @@ async fn a_lost_stream_is_rebuilt_from_the_log_on_request() {
         )
         .await;
     }
-    let nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    let nats = app.nats_admin_url();
     assert_stream_equals_log(&nats, &app.stream, &app.pool, Duration::from_secs(20)).await;
 
     // JetStream loses the stream (PROMISES P19); Postgres still has everything.
-    let context = async_nats::jetstream::new(async_nats::connect(&nats).await.unwrap());
+    let context = async_nats::jetstream::new(nats_connect(&nats).await.unwrap());
     context.delete_stream(&app.stream).await.unwrap();
     assert_eq!(count(&nats, &app.stream).await.unwrap(), 0);
     events::outbox::request_republish(&app.pool, events::ids::Position(1))
@@ -316,7 +317,7 @@ async fn a_lost_stream_is_rebuilt_from_the_log_on_request() {
 #[tokio::test]
 async fn the_stream_is_provisioned_durable() {
     let app = TestApp::spawn().await.unwrap();
-    let context = async_nats::jetstream::new(async_nats::connect(&app.nats_url).await.unwrap());
+    let context = async_nats::jetstream::new(nats_connect(&app.nats_admin_url()).await.unwrap());
     let mut stream = context.get_stream(&app.stream).await.unwrap();
     let config = stream.info().await.unwrap().config.clone();
     use async_nats::jetstream::stream::{DiscardPolicy, StorageType};
@@ -344,7 +345,8 @@ async fn the_stream_is_provisioned_durable() {
 async fn an_incompatible_stream_stops_the_start_with_a_clear_error() {
     let jwks = JwksServer::start().await.unwrap();
     let config = test_config(fresh_database().await.unwrap(), &jwks);
-    let context = async_nats::jetstream::new(async_nats::connect(&config.nats_url).await.unwrap());
+    let admin = nats_as(&config.nats_url, Principal::Admin);
+    let context = async_nats::jetstream::new(nats_connect(&admin).await.unwrap());
     context
         .create_stream(async_nats::jetstream::stream::Config {
             name: config.stream.clone(),
@@ -386,7 +388,8 @@ async fn projectors_tail_prints_the_stream_in_log_order() {
     let binary = keel_tests::api_process::binary().with_file_name("projectors");
     let output = tokio::process::Command::new(binary)
         .args(["tail", "--count", "2", "--idle-secs", "10"])
-        .env("NATS_URL", &app.nats_url)
+        // An operator's tool (an ephemeral consumer): the admin's.
+        .env("NATS_URL", app.nats_admin_url())
         .env("KEEL_STREAM", &app.stream)
         .output()
         .await
@@ -419,7 +422,7 @@ async fn publishing_resumes_after_a_nats_restart_that_forgot_the_last_message_id
 
     // After a restart the server rebuilds "last message id" only from messages inside
     // the duplicate window. Shrink the window so the last message falls outside it.
-    let context = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    let context = async_nats::jetstream::new(nats_connect(&nats.url).await.unwrap());
     let mut config = context
         .get_stream(&stream)
         .await
@@ -475,7 +478,7 @@ async fn a_stream_that_lost_its_tail_is_refilled_in_order() {
 
     // JetStream loses its last two messages, as when an OS crash beats its disk sync:
     // delete them, then restart the server (which forgets their ids too).
-    let context = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    let context = async_nats::jetstream::new(nats_connect(&nats.url).await.unwrap());
     let stream = context.get_stream(&config.stream).await.unwrap();
     for sequence in [4, 5] {
         stream.delete_message(sequence).await.unwrap();

@@ -9,6 +9,7 @@ use std::time::Duration;
 use dev_issuer::TokenRequest;
 use events::notification::HISTORY_LEN;
 use keel_tests::notifications::{Connect, Notifier, RunningRelay, Socket, connect, try_connect};
+use keel_tests::principals::Principal;
 use keel_tests::redis_server::RedisServer;
 use keel_tests::test_app::{mint, test_config};
 use keel_tests::worker_process::WorkerProcess;
@@ -216,7 +217,7 @@ async fn a_user_only_ever_receives_its_own_notifications() {
 
 /// The relay's consumer, as JetStream sees it: (pending, acknowledgements pending).
 async fn relay_consumer(app: &TestApp) -> Result<(u64, usize), String> {
-    let nats = async_nats::connect(&app.nats_url)
+    let nats = keel_tests::principals::nats_connect(&app.nats_admin_url())
         .await
         .map_err(|e| e.to_string())?;
     let mut consumer: async_nats::jetstream::consumer::PullConsumer =
@@ -692,7 +693,7 @@ async fn a_dropped_subscription_loses_nothing() {
     let redis_server = RedisServer::start().await.unwrap();
     let jwks = JwksServer::start().await.unwrap();
     let mut config = test_config(fresh_database().await.unwrap(), &jwks);
-    config.redis_url = redis_server.url.clone();
+    config.redis_url = redis_server.url_for(Principal::CommandApi);
     let app = TestApp::spawn_with(config, jwks).await.unwrap();
     let (user, token) = user_token(&app);
     let mut socket = connect(&app, Connect::header(&token)).await;
@@ -751,7 +752,7 @@ async fn the_hub_resubscribes_after_redis_restarts() {
     let mut redis_server = RedisServer::start().await.unwrap();
     let jwks = JwksServer::start().await.unwrap();
     let mut config = test_config(fresh_database().await.unwrap(), &jwks);
-    config.redis_url = redis_server.url.clone();
+    config.redis_url = redis_server.url_for(Principal::CommandApi);
     let app = TestApp::spawn_with(config, jwks).await.unwrap();
     let (user, token) = user_token(&app);
     let mut notifier = Notifier::new(&app).await;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use events::read_model::Projection;
 use keel_tests::nats_server::NatsServer;
+use keel_tests::principals::Principal;
 use keel_tests::projections::{Running, assert_live_equals_rebuilt, caught_up, config, seed_blog};
 use keel_tests::test_app::test_config;
 use keel_tests::worker_process::WorkerProcess;
@@ -161,7 +162,7 @@ async fn projections_resume_after_nats_is_killed_and_restarted_mid_backlog() {
     let mut nats = NatsServer::start().await.unwrap();
     let jwks = JwksServer::start().await.unwrap();
     let mut settings = test_config(fresh_database().await.unwrap(), &jwks);
-    settings.nats_url = nats.url.clone();
+    settings.nats_url = nats.url_for(Principal::CommandApi);
     let app = TestApp::spawn_with(settings, jwks).await.unwrap();
     let appended = seed_blog(&app.pool, 40, 200, 8000).await.unwrap() as i64;
     let projectors = Running::start(&app).await;

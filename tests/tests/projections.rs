@@ -254,7 +254,9 @@ async fn an_event_that_fails_once_is_applied_exactly_once_and_later_events_too()
 
 /// The dead-letter stream's messages: (consumer, reason) headers.
 async fn dead_letter_messages(app: &TestApp) -> Vec<(String, String)> {
-    let client = async_nats::connect(&app.nats_url).await.unwrap();
+    let client = keel_tests::principals::nats_connect(&app.nats_admin_url())
+        .await
+        .unwrap();
     let jetstream = async_nats::jetstream::new(client);
     let mut stream = jetstream
         .get_stream(format!("{}_DLQ", app.stream))

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use keel_tests::principals::Principal;
 use keel_tests::redis_server::RedisServer;
 use keel_tests::test_app::{SERVICE_KEY, test_config};
 use keel_tests::{JwksServer, TestApp, eventually, fresh_database};
@@ -732,7 +733,7 @@ async fn the_dashboard_is_a_miss_then_a_hit_and_a_miss_again_once_its_key_is_del
     assert_eq!(second, first);
 
     let key = dashboard_key(&app, ada);
-    let client = redis::Client::open(app.redis_url.as_str()).unwrap();
+    let client = redis::Client::open(app.redis_admin_url()).unwrap();
     let mut redis = client.get_multiplexed_async_connection().await.unwrap();
     let stored: String = redis::cmd("GET")
         .arg(&key)
@@ -792,7 +793,7 @@ async fn a_cached_dashboard_older_than_x_min_position_is_a_miss() {
 #[tokio::test]
 async fn with_redis_down_the_dashboard_comes_from_postgres_and_hits_resume_when_it_is_back() {
     let mut redis = RedisServer::start().await.unwrap();
-    let app = spawn_on_redis(&redis.url).await;
+    let app = spawn_on_redis(&redis.url_for(Principal::CommandApi)).await;
     let (ada, bob) = (Uuid::new_v4(), Uuid::new_v4());
     seed_dashboard(&app, ada, bob).await;
     let token = app.token(ada, &["user"]);

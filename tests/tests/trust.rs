@@ -15,6 +15,7 @@ use keel_tests::forge::jwks_with_forger;
 use keel_tests::identity_provider::IdentityProvider;
 use keel_tests::jwks_server::issuer;
 use keel_tests::notifications::{Auth, Connect, Socket, connect, try_connect};
+use keel_tests::principals::Principal;
 use keel_tests::projections::{self, Running};
 use keel_tests::redis_server::RedisServer;
 use keel_tests::test_app::{mint, test_config};
@@ -239,7 +240,7 @@ async fn a_revoked_admin_token_is_refused_by_every_instance_within_a_second() {
 #[tokio::test]
 async fn a_revocation_holds_with_redis_down_flushed_and_every_process_restarted() {
     let mut redis = RedisServer::start().await.unwrap();
-    let (a, b) = pair_on(Some(&redis.url)).await;
+    let (a, b) = pair_on(Some(&redis.url_for(Principal::CommandApi))).await;
     let (_, root) = registered(&a, &["user", "admin"]).await;
     let (victim, old) = registered(&a, &["user"]).await;
     assert_eq!(status(&b, Method::GET, "/api/posts", &old).await, 200);
@@ -266,7 +267,7 @@ async fn a_revocation_holds_with_redis_down_flushed_and_every_process_restarted(
         .unwrap();
     let config = test_config(a.database_url.clone(), &a.jwks);
     let config = command_api::Config {
-        redis_url: redis.url.clone(),
+        redis_url: redis.url_for(Principal::CommandApi),
         stream: a.stream.clone(),
         subject_prefix: a.subject_prefix.clone(),
         ..config
@@ -512,7 +513,7 @@ async fn a_ticket_opens_one_socket_and_nothing_else() {
     assert_eq!(URL_SAFE_NO_PAD.decode(&ticket).unwrap().len(), 32);
 
     // Redis holds its hash only.
-    let mut redis = redis::Client::open(app.redis_url.as_str())
+    let mut redis = redis::Client::open(app.redis_admin_url())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
@@ -666,7 +667,9 @@ async fn sensitive_operations_ask_the_identity_provider_and_fail_closed() {
 #[tokio::test]
 async fn a_users_consumer_made_before_revocations_existed_is_updated_to_read_them() {
     let app = TestApp::spawn().await.unwrap();
-    let nats = async_nats::connect(&app.nats_url).await.unwrap();
+    let nats = keel_tests::principals::nats_connect(&app.nats_admin_url())
+        .await
+        .unwrap();
     let jetstream = async_nats::jetstream::new(nats);
     let stream = jetstream.get_stream(&app.stream).await.unwrap();
     let old = format!("{}.user.>", app.subject_prefix);

@@ -87,7 +87,7 @@ async fn probe_bus(
     app: &TestApp,
     arrivals: Arrivals,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let client = async_nats::connect(&app.nats_url).await?;
+    let client = keel_tests::principals::nats_connect(&app.nats_admin_url()).await?;
     let mut subscriber = client
         .subscribe(format!("{}.>", app.subject_prefix))
         .await?;
@@ -106,7 +106,7 @@ async fn probe_redis(
     author: uuid::Uuid,
     arrivals: Arrivals,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let client = redis::Client::open(app.redis_url.as_str())?;
+    let client = redis::Client::open(app.redis_admin_url())?;
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub
         .subscribe(events::notification::channel(events::ids::UserId(author)))
@@ -235,7 +235,7 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<Figure>> {
 
     let total = u64::from(rate) * seconds;
     let mut ticker = tokio::time::interval(Duration::from_secs(1) / rate);
-    let cpu = crate::cpu::sample(&app.redis_url).await;
+    let cpu = crate::cpu::sample(&app.redis_admin_url()).await;
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(total as usize);
     for n in 1..=total {
@@ -247,7 +247,7 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<Figure>> {
         ));
     }
     let driven_seconds = started.elapsed().as_secs_f64();
-    let cpu = cpu.report(&app.redis_url, "the commenting").await;
+    let cpu = cpu.report(&app.redis_admin_url(), "the commenting").await;
     let mut accepted = Vec::with_capacity(tasks.len());
     let mut refused = 0usize;
     for task in tasks {

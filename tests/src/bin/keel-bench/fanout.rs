@@ -12,6 +12,7 @@ use anyhow::Context;
 use events::ids::Position;
 use futures::{StreamExt, TryStreamExt};
 use keel_tests::notifications::Notifier;
+use keel_tests::principals::{Principal, principals};
 use keel_tests::test_app::{mint, test_config};
 use keel_tests::{JwksServer, TestApp, fresh_database, unique_name};
 use rand::{Rng, SeedableRng};
@@ -394,8 +395,9 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<Figure>> {
              the hard one) or lower --sockets"
         );
     }
-    let redis_url =
-        std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    // The bench's own measurements as the admin; notifications published as the relay.
+    let redis_url = principals().redis_url(Principal::Admin);
+    let relay_url = principals().redis_url(Principal::Relay);
     let total = u64::from(rate) * seconds;
 
     // The machine's own limits first, with nothing else of ours running.
@@ -407,7 +409,7 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<Figure>> {
         next_position: Arc::new(AtomicU64::new(1)),
     };
     let cpu = crate::cpu::sample(&redis_url).await;
-    let alone_run = publish_all(&redis_url, &alone, publishers, total.min(50_000), None).await?;
+    let alone_run = publish_all(&relay_url, &alone, publishers, total.min(50_000), None).await?;
     let alone_count = alone_run.round_trips.len();
     let alone_cpu = cpu.report(&redis_url, "the script alone").await;
     let script_alone = alone_count as f64 / alone_run.seconds;
@@ -459,7 +461,7 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<Figure>> {
     let cpu = crate::cpu::sample(&redis_url).await;
     let first_send_ns = now_ns();
     let steady = publish_all(
-        &redis_url,
+        &relay_url,
         &publishing,
         publishers,
         total,

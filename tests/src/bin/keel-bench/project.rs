@@ -52,7 +52,8 @@ async fn live(events: usize) -> anyhow::Result<(usize, f64, f64)> {
 
 /// A durable pull consumer that fetches and acks every message, doing nothing else.
 async fn bare_consume(app: &TestApp, messages: usize) -> anyhow::Result<f64> {
-    let context = jetstream::new(async_nats::connect(&app.nats_url).await?);
+    let context =
+        jetstream::new(keel_tests::principals::nats_connect(&app.nats_admin_url()).await?);
     let stream = context.get_stream(&app.stream).await?;
     let consumer = stream
         .get_or_create_consumer(
@@ -107,8 +108,9 @@ fn config_for_rebuild() -> projectors::Config {
     projectors::Config {
         database_url: String::new(),
         nats_url: String::new(),
-        redis_url: std::env::var("REDIS_URL")
-            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
+        nats_creds: None,
+        redis_url: keel_tests::principals::principals()
+            .redis_url(keel_tests::principals::Principal::Projectors),
         stream: keel_tests::unique_name("BENCH_REBUILD"),
         subject_prefix: String::new(),
     }

@@ -12,16 +12,20 @@ use command_api::bus::{self, Bus};
 use command_api::metrics::Metrics;
 use command_api::publisher::{Publisher, WINDOW};
 use futures::StreamExt;
+use keel_tests::principals::{Principal, nats_connect, principals};
 use keel_tests::test_app::test_config;
-use keel_tests::{JwksServer, TestApp, fresh_database, prefill, unique_name};
+use keel_tests::{
+    JwksServer, TestApp, fresh_database, prefill, unique_name, unique_subject_prefix,
+};
 use reqwest::Method;
 use tokio_util::sync::CancellationToken;
 
 use crate::percentile;
 use crate::report::Figure;
 
-fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+/// Keel's NATS, as `principal`.
+async fn nats(principal: Principal) -> anyhow::Result<async_nats::Client> {
+    Ok(nats_connect(&principals().nats_url(principal)).await?)
 }
 
 /// Events/s of Keel's publisher draining `events` pre-filled events.
@@ -29,10 +33,10 @@ async fn drain_rate(events: usize) -> anyhow::Result<(f64, String, Bus)> {
     let database_url = fresh_database().await?;
     let pool = events::database::open(&database_url, 8).await?;
     prefill(&pool, events).await?;
-    let context = jetstream::new(async_nats::connect(nats_url()).await?);
+    let context = jetstream::new(nats(Principal::CommandApi).await?);
     let bus = Bus {
         stream: unique_name("BENCH"),
-        subject_prefix: unique_name("bench"),
+        subject_prefix: unique_subject_prefix(),
     };
     let metrics = Arc::new(Metrics::default());
     let publisher = Publisher {
@@ -60,9 +64,9 @@ async fn bare_rate(database_url: &str, source: &Bus) -> anyhow::Result<f64> {
     let events = events::event_log::read_all(&pool, events::ids::Position(0), i64::MAX).await?;
     let bus = Bus {
         stream: unique_name("BENCH_BARE"),
-        subject_prefix: unique_name("bare"),
+        subject_prefix: unique_subject_prefix(),
     };
-    let context = jetstream::new(async_nats::connect(nats_url()).await?);
+    let context = jetstream::new(nats(Principal::CommandApi).await?);
     bus.ensure_stream(&context).await?;
     let messages: Vec<bus::Message> = events.iter().map(|e| bus::message(&bus, e, None)).collect();
     let started = Instant::now();
@@ -94,7 +98,7 @@ async fn latency(rate: u32, seconds: u64) -> anyhow::Result<Vec<Duration>> {
     let config = test_config(fresh_database().await?, &jwks);
     let prefix = config.subject_prefix.clone();
     let app = Arc::new(TestApp::spawn_with(config, jwks).await?);
-    let client = async_nats::connect(nats_url()).await?;
+    let client = nats(Principal::Admin).await?;
     let mut subscriber = client.subscribe(format!("{prefix}.>")).await?;
     let seen: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
     let arrivals = {
