@@ -82,7 +82,7 @@ async fn the_stream_equals_the_log_after_a_burst_of_concurrent_commands() {
     });
     join_all(writers).await;
     assert_eq!(app.event_count().await, 16 * 8);
-    let nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    let nats = app.nats_admin_url();
     assert_stream_equals_log(&nats, &app.stream, &app.pool, Duration::from_secs(20)).await;
     app.stop().await;
 }
