@@ -72,8 +72,9 @@ impl Bus {
         &self,
         context: &jetstream::Context,
     ) -> Result<stream::Stream, StreamError> {
+        let stream = self.ensure_event_stream(context).await?;
         self.ensure_dead_letter_stream(context).await?;
-        self.ensure_event_stream(context).await
+        Ok(stream)
     }
 
     /// The dead-letter stream `<stream>_DLQ` on `dlq.<prefix>.>`: file storage, kept
