@@ -33,6 +33,7 @@ struct Migrate {
     /// The schema owner's URL; unset: `DATABASE_URL`.
     #[arg(long, env = "KEEL_MIGRATE_DATABASE_URL", hide_env_values = true)]
     migrate_database_url: Option<String>,
+    /// Keel's database.
     #[arg(
         long,
         env = "DATABASE_URL",

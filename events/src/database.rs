@@ -28,7 +28,7 @@ pub async fn open(
     connect(url, pool_size).await
 }
 
-/// Creates the database if it is missing and applies the migrations that are not yet.
+/// Creates the database if it is missing and applies the migrations not applied yet.
 pub async fn migrate(url: &str) -> Result<(), OpenError> {
     let exists = sqlx::Postgres::database_exists(url)
         .await

@@ -17,9 +17,11 @@ use sqlx::Connection;
 use uuid::Uuid;
 
 /// A database owned by a role of its own, and the three run-time roles, all with names
-/// unique to the test (roles are cluster-wide).
+/// unique to the test (roles are cluster-wide) and a password (a fresh Debian cluster
+/// trusts only `postgres` on loopback).
 struct Cluster {
     database: String,
+    password: String,
     owner: String,
     api: String,
     projectors: String,
@@ -30,6 +32,7 @@ impl Cluster {
     async fn create() -> Self {
         let cluster = Self {
             database: unique_name("keel_test"),
+            password: Uuid::new_v4().simple().to_string(),
             owner: unique_name("keel_owner"),
             api: unique_name("keel_api"),
             projectors: unique_name("keel_projectors"),
@@ -44,10 +47,13 @@ impl Cluster {
             &cluster.projectors,
             &cluster.relay,
         ] {
-            sqlx::query(&format!("CREATE ROLE {role} LOGIN"))
-                .execute(&mut admin)
-                .await
-                .unwrap();
+            sqlx::query(&format!(
+                "CREATE ROLE {role} LOGIN PASSWORD '{}'",
+                cluster.password
+            ))
+            .execute(&mut admin)
+            .await
+            .unwrap();
         }
         sqlx::query(&format!(
             "CREATE DATABASE {} OWNER {}",
@@ -59,13 +65,16 @@ impl Cluster {
         cluster
     }
 
-    /// The database's URL as `role` (the test server trusts local connections).
+    /// The database's URL as `role`.
     fn url(&self, role: &str) -> String {
         let admin = admin_database_url();
         let (scheme, rest) = admin.split_once("://").unwrap();
         let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
         let host = host.split_once('/').map_or(host, |(host, _)| host);
-        format!("{scheme}://{role}@{host}/{}", self.database)
+        format!(
+            "{scheme}://{role}:{}@{host}/{}",
+            self.password, self.database
+        )
     }
 
     /// Applies the roles script as the superuser, as an operator would.
@@ -236,8 +245,10 @@ async fn each_process_runs_with_only_its_own_rights_and_the_rest_is_refused() {
     refused(&projectors, INSERT_EVENT).await;
     refused(&projectors, "DELETE FROM events").await;
     refused(&projectors, "UPDATE outbox_checkpoint SET position = 0").await;
+    refused(&projectors, "DELETE FROM idempotency_keys").await;
     refused(&relay, INSERT_EVENT).await;
     refused(&relay, "UPDATE outbox_checkpoint SET position = 0").await;
+    refused(&relay, "DELETE FROM idempotency_keys").await;
     refused(&relay, "SELECT count(*) FROM rm_users.users").await;
     assert_eq!(app.event_count().await, events, "the log is unchanged");
     assert_eq!(
