@@ -64,3 +64,24 @@ impl PrivateCa {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_ca_file_is_reported_with_its_path() {
+        let error = PrivateCa::load(Some(Path::new("/nonexistent/keel-ca.pem"))).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "cannot read the CA file /nonexistent/keel-ca.pem"
+        );
+    }
+
+    #[test]
+    fn without_a_ca_file_plain_urls_make_plain_clients() {
+        let ca = PrivateCa::load(None).unwrap();
+        assert!(ca.redis("redis://127.0.0.1:6379").is_ok());
+        assert!(ca.redis("rediss://127.0.0.1:6380").is_ok());
+    }
+}

@@ -18,14 +18,21 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 
-/// Where Debian's Postgres server binaries are (`KEEL_TEST_PG_BIN` to change).
+/// A Postgres server binary: in `KEEL_TEST_PG_BIN`, else in Debian's newest
+/// `/usr/lib/postgresql/<major>/bin`.
 fn postgres_bin(name: &str) -> PathBuf {
-    std::env::var("KEEL_TEST_PG_BIN")
-        .map_or_else(
-            |_| PathBuf::from("/usr/lib/postgresql/15/bin"),
-            PathBuf::from,
-        )
-        .join(name)
+    let dir = std::env::var("KEEL_TEST_PG_BIN").map_or_else(
+        |_| {
+            let newest = std::fs::read_dir("/usr/lib/postgresql")
+                .unwrap()
+                .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .max()
+                .unwrap();
+            PathBuf::from(format!("/usr/lib/postgresql/{newest}/bin"))
+        },
+        PathBuf::from,
+    );
+    dir.join(name)
 }
 
 /// A private CA, a certificate it signed for `localhost` and `127.0.0.1`, and the
