@@ -39,10 +39,15 @@ pub fn credentials(url: &str) -> Option<(String, String)> {
     })
 }
 
-/// Connects to `url` as its user, or with the creds file `creds`; while the servers are
-/// away it keeps trying in the background (the client is returned at once).
-pub async fn connect(url: &str, creds: Option<&Path>) -> Result<async_nats::Client, ConnectError> {
-    let mut options = ConnectOptions::new().retry_on_initial_connect();
+/// Connects to `url` with `options` (`crate::tls::PrivateCa::nats`) as the URL's user, or
+/// with the creds file `creds`; while the servers are away it keeps trying in the
+/// background (the client is returned at once).
+pub async fn connect(
+    options: ConnectOptions,
+    url: &str,
+    creds: Option<&Path>,
+) -> Result<async_nats::Client, ConnectError> {
+    let mut options = options.retry_on_initial_connect();
     if let Some((user, password)) = credentials(url) {
         options = options.user_and_password(user, password);
     }
@@ -72,7 +77,7 @@ mod tests {
     async fn a_missing_creds_file_is_an_error_before_any_connection() {
         let missing = Path::new("/nonexistent/keel.creds");
         assert!(matches!(
-            connect("nats://127.0.0.1:1", Some(missing)).await,
+            connect(ConnectOptions::new(), "nats://127.0.0.1:1", Some(missing)).await,
             Err(ConnectError::Creds(_))
         ));
     }

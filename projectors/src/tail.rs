@@ -33,13 +33,14 @@ pub fn line(sequence: u64, subject: &str, payload: &[u8]) -> String {
 /// Prints messages from the start of the stream until `count` were printed or nothing
 /// arrived for `idle`.
 pub async fn run(
+    nats: async_nats::ConnectOptions,
     nats_url: &str,
     nats_creds: Option<&Path>,
     stream: &str,
     count: usize,
     idle: Duration,
 ) -> Result<usize, TailError> {
-    let client = events::nats::connect(nats_url, nats_creds).await?;
+    let client = events::nats::connect(nats, nats_url, nats_creds).await?;
     let context = jetstream::new(client);
     let stream_handle = context
         .get_stream(stream)

@@ -22,9 +22,11 @@ pub fn config(app: &TestApp) -> projectors::Config {
 pub fn worker_config(app: &TestApp, principal: Principal) -> projectors::Config {
     projectors::Config {
         database_url: app.database_url.clone(),
+        migrate_database_url: None,
         nats_url: app.nats_url_of(principal),
         nats_creds: None,
         redis_url: app.redis_url_of(principal),
+        tls_ca_file: None,
         stream: app.stream.clone(),
         subject_prefix: app.subject_prefix.clone(),
     }

@@ -233,9 +233,11 @@ impl TestApp {
 pub fn test_config(database_url: String, jwks: &JwksServer) -> command_api::Config {
     command_api::Config {
         database_url,
+        migrate_database_url: None,
         nats_url: principals().nats_url(Principal::CommandApi),
         nats_creds: None,
         redis_url: principals().redis_url(Principal::CommandApi),
+        tls_ca_file: None,
         http_addr: "127.0.0.1:0".to_owned(),
         jwks_url: jwks.url.clone(),
         jwt_issuer: issuer().issuer().to_owned(),

@@ -31,7 +31,7 @@ async fn nats(principal: Principal) -> anyhow::Result<async_nats::Client> {
 /// Events/s of Keel's publisher draining `events` pre-filled events.
 async fn drain_rate(events: usize) -> anyhow::Result<(f64, String, Bus)> {
     let database_url = fresh_database().await?;
-    let pool = events::database::open(&database_url, 8).await?;
+    let pool = events::database::open(&database_url, None, 8).await?;
     prefill(&pool, events).await?;
     let context = jetstream::new(nats(Principal::CommandApi).await?);
     let bus = Bus {
