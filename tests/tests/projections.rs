@@ -278,6 +278,82 @@ async fn dead_letter_messages(app: &TestApp) -> Vec<(String, String)> {
     letters
 }
 
+/// The projectors may only publish dead letters, not create their stream: while it is
+/// missing, a dead letter waits (nothing skipped, nothing recorded); once the command API
+/// has made the stream again, it is dead-lettered once.
+#[tokio::test]
+async fn a_dead_letter_waits_until_the_command_api_has_made_its_stream() {
+    let app = TestApp::spawn().await.unwrap();
+    let admin = async_nats::jetstream::new(
+        keel_tests::principals::nats_connect(&app.nats_admin_url())
+            .await
+            .unwrap(),
+    );
+    // Once the publisher has published, it has made its streams; it makes them again
+    // only when it next takes the lead.
+    let (_, token) = app.register("Ada").await;
+    let admin_url = app.nats_admin_url();
+    keel_tests::eventually(
+        Duration::from_secs(20),
+        "the publisher publishes",
+        || async {
+            match keel_tests::stream::count(&admin_url, &app.stream).await {
+                Ok(0) => Err("nothing on the bus yet".to_owned()),
+                Ok(_) => Ok(()),
+                Err(error) => Err(error.to_string()),
+            }
+        },
+    )
+    .await;
+    let dead_letter_stream = format!("{}_DLQ", app.stream);
+    admin.delete_stream(&dead_letter_stream).await.unwrap();
+    refuse_titles(&app, &[("poison", -1)]).await;
+    let projectors = Running::start(&app).await;
+    create_post(&app, &token, "poison").await;
+    create_post(&app, &token, "healthy").await;
+    keel_tests::eventually(
+        Duration::from_secs(30),
+        "authors applied the log",
+        || async {
+            let status = projectors::operations::status(&app.pool)
+                .await
+                .map_err(|e| e.to_string())?;
+            match status.iter().find(|s| s.name == "authors") {
+                Some(authors) if authors.lag == 0 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    let status = projectors::operations::status(&app.pool).await.unwrap();
+    let posts = status.iter().find(|s| s.name == "posts").unwrap();
+    assert_eq!(posts.dead_letters, 0, "dead-lettered without a stream");
+    assert!(admin.get_stream(&dead_letter_stream).await.is_err());
+
+    // The command API (re)starts and makes its streams.
+    let jwks = keel_tests::JwksServer::start().await.unwrap();
+    let config = command_api::Config {
+        stream: app.stream.clone(),
+        subject_prefix: app.subject_prefix.clone(),
+        ..keel_tests::test_app::test_config(app.database_url.clone(), &jwks)
+    };
+    let second = TestApp::spawn_with(config, jwks).await.unwrap();
+    caught_up(&app.pool, Duration::from_secs(60)).await;
+    assert_eq!(post_titles(&app).await, ["healthy"]);
+    let on_bus = dead_letter_messages(&app).await;
+    assert_eq!(
+        on_bus
+            .iter()
+            .filter(|(c, _)| c == "projector-posts")
+            .count(),
+        1,
+        "{on_bus:?}"
+    );
+    projectors.stop().await;
+    second.stop_keeping_stream().await;
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn poison_events_are_dead_lettered_and_later_events_still_apply() {
     let app = TestApp::spawn().await.unwrap();
