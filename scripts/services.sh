@@ -159,7 +159,8 @@ upper() { tr 'a-z-' 'A-Z_' <<<"$1"; }
 write_principals() {
   mkdir -p "$KEEL_STATE"
   chmod 700 "$KEEL_STATE"
-  local secrets=$KEEL_STATE/secrets.env name var
+  local secrets=$KEEL_STATE/secrets.env name var mask
+  mask=$(umask)
   umask 077
   touch "$secrets"
   for name in admin "${KEEL_PROCESSES[@]}"; do
@@ -198,7 +199,7 @@ write_principals() {
   # Keel's own server: those users, and its JetStream store here.
   printf 'include "nats.conf"\njetstream {store_dir: "%s"}\n' "$KEEL_STATE/jetstream" \
     >"$KEEL_STATE/nats-server.conf"
-  umask 022
+  umask "$mask"
 }
 
 # ACL SETUSER each line of the ACL file on the shared Redis.
