@@ -12,13 +12,18 @@ use super::service_key::Keyring;
 /// How often the file is looked at (and idle entries of the attempt limiter dropped).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Runs until `stop`.
-pub async fn watch(keyring: Arc<Keyring>, stop: CancellationToken) {
-    let mut hangup = signal(SignalKind::hangup())
+/// Listens for SIGHUP at once (so a SIGHUP right after the start reloads rather than
+/// ends the process), then watches until `stop`.
+pub fn watch(keyring: Arc<Keyring>, stop: CancellationToken) -> impl Future<Output = ()> {
+    let hangup = signal(SignalKind::hangup())
         .inspect_err(|error| {
             tracing::warn!(error = %error, "cannot listen for SIGHUP; the keys file is only polled");
         })
         .ok();
+    run(keyring, hangup, stop)
+}
+
+async fn run(keyring: Arc<Keyring>, mut hangup: Option<Signal>, stop: CancellationToken) {
     let mut seen = stamp(&keyring).await;
     let mut poll = tokio::time::interval(POLL_INTERVAL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
