@@ -21,7 +21,7 @@ const KEY_A: &str = "test-service-key-3f9c1a-aaaaaaaaaaaaaaaa";
 const KEY_B: &str = "test-service-key-3f9c1a-bbbbbbbbbbbbbbbb";
 
 /// A row of the `users` read model, as the projector would write it.
-async fn user_row(app: &TestApp, id: Uuid, name: &str) {
+async fn user_row(pool: &sqlx::PgPool, id: Uuid, name: &str) {
     sqlx::query(
         "INSERT INTO rm_users.users (id, email, name, roles, active, version)
          VALUES ($1, $2, $3, $4, true, 3)",
@@ -30,7 +30,7 @@ async fn user_row(app: &TestApp, id: Uuid, name: &str) {
     .bind(format!("{}@pii.test", name.to_lowercase()))
     .bind(name)
     .bind(vec!["user".to_owned()])
-    .execute(&app.pool)
+    .execute(pool)
     .await
     .unwrap();
 }
@@ -93,7 +93,7 @@ async fn key_answers(base: &str, id: Uuid, key: &str, expected: u16, what: &str)
 async fn the_internal_routes_answer_on_the_internal_listener_only_and_only_to_a_service_key() {
     let app = TestApp::spawn().await.unwrap();
     let ada = Uuid::new_v4();
-    user_row(&app, ada, "Ada").await;
+    user_row(&app.pool, ada, "Ada").await;
     let (public, internal) = (app.base_url.as_str(), app.internal_url.as_str());
     let client = &app.client;
 
@@ -185,7 +185,7 @@ async fn two_configured_keys_are_both_accepted_and_without_keys_nobody_is() {
     config.service_keys = format!("old:{KEY_A}, {KEY_B}").parse().unwrap();
     let app = TestApp::spawn_with(config, jwks).await.unwrap();
     let ada = Uuid::new_v4();
-    user_row(&app, ada, "Ada").await;
+    user_row(&app.pool, ada, "Ada").await;
     for key in [KEY_A, KEY_B] {
         assert_eq!(
             status_of(&app.client, &app.internal_url, ada, key).await,
@@ -214,7 +214,7 @@ async fn two_configured_keys_are_both_accepted_and_without_keys_nobody_is() {
     let mut config = test_config(fresh_database().await.unwrap(), &jwks);
     config.service_keys = "".parse().unwrap();
     let app = TestApp::spawn_with(config, jwks).await.unwrap();
-    user_row(&app, ada, "Ada").await;
+    user_row(&app.pool, ada, "Ada").await;
     for present in [
         Present::Nothing,
         Present::ApiKey(""),
@@ -307,7 +307,7 @@ async fn a_rewritten_keys_file_rotates_the_keys_without_a_restart() {
     config.service_keys_file = Some(file.path.clone());
     let app = TestApp::spawn_with(config, jwks).await.unwrap();
     let ada = Uuid::new_v4();
-    user_row(&app, ada, "Ada").await;
+    user_row(&app.pool, ada, "Ada").await;
     let internal = app.internal_url.as_str();
     assert_eq!(status_of(&app.client, internal, ada, KEY_A).await, 200);
     assert_eq!(status_of(&app.client, internal, ada, KEY_B).await, 401);
@@ -357,14 +357,7 @@ async fn sighup_reloads_the_keys_file() {
     let api = ApiProcess::spawn(&env).await.unwrap();
     let ada = Uuid::new_v4();
     let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
-    sqlx::query(
-        "INSERT INTO rm_users.users (id, email, name, roles, active, version)
-         VALUES ($1, 'ada@pii.test', 'Ada', '{user}', true, 1)",
-    )
-    .bind(ada)
-    .execute(&pool)
-    .await
-    .unwrap();
+    user_row(&pool, ada, "Ada").await;
     let client = Client::new();
     assert_eq!(status_of(&client, &api.internal_url, ada, KEY_A).await, 200);
 
@@ -410,7 +403,7 @@ async fn failed_key_attempts_past_twenty_a_minute_are_limited_per_ip() {
     config.service_keys = format!("limited-caller:{KEY_A}").parse().unwrap();
     let app = TestApp::spawn_with(config, jwks).await.unwrap();
     let ada = Uuid::new_v4();
-    user_row(&app, ada, "Ada").await;
+    user_row(&app.pool, ada, "Ada").await;
     let internal = app.internal_url.as_str();
     assert_eq!(status_of(&app.client, internal, ada, KEY_A).await, 200);
 
