@@ -1,6 +1,7 @@
 //! The command API's configuration: read once in `main`, from flags or the environment.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -73,6 +74,12 @@ pub struct Config {
     )]
     pub database_url: String,
 
+    /// Postgres as the schema's owner. Set: migrations run through it at start, all else
+    /// through `DATABASE_URL`, which then needs only the rights `scripts/postgres-roles.sql`
+    /// grants. Unset: `DATABASE_URL` migrates.
+    #[arg(long, env = "KEEL_MIGRATE_DATABASE_URL", hide_env_values = true)]
+    pub migrate_database_url: Option<String>,
+
     /// NATS with JetStream.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
@@ -80,6 +87,11 @@ pub struct Config {
     /// Redis: notification channels and the UI cache.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+
+    /// PEM file of the private CA that the Redis (`rediss://`) and NATS (`tls://`)
+    /// servers' certificates chain to. Unset: the system's CAs.
+    #[arg(long, env = "KEEL_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
 
     /// Listen address (port 0 picks a free port).
     #[arg(long, env = "KEEL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
@@ -139,7 +151,7 @@ pub struct Config {
     /// A file of more keys, one `name:secret` a line (`#` comments), re-read when it
     /// changes and on SIGHUP: keys rotate without a restart.
     #[arg(long, env = "KEEL_SERVICE_KEYS_FILE")]
-    pub service_keys_file: Option<std::path::PathBuf>,
+    pub service_keys_file: Option<PathBuf>,
 
     /// Comma-separated Origins allowed to open `/ws/notifications` from a browser.
     #[arg(long, env = "KEEL_ALLOWED_ORIGINS", value_delimiter = ',')]
