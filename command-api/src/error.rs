@@ -39,7 +39,7 @@ pub enum ApiError {
     ServiceKeyRejected,
     /// Too many failed service-key attempts from the client's address.
     #[error("too many failed service-key attempts from this address; retry later")]
-    TooManyKeyFailures { retry_after_secs: u64 },
+    TooManyKeyFailures { retry_after_secs: u32 },
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -219,10 +219,8 @@ impl IntoResponse for ApiError {
             }
             | Self::NotYetApplied {
                 retry_after_secs, ..
-            } => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
-            Self::TooManyKeyFailures { retry_after_secs } => {
+            | Self::TooManyKeyFailures { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             Self::PreconditionFailed { current } => {

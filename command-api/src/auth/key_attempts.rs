@@ -72,8 +72,9 @@ impl FailedAttempts {
 }
 
 fn too_many(wait: std::time::Duration) -> ApiError {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     ApiError::TooManyKeyFailures {
-        retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+        retry_after_secs: u32::try_from(secs).unwrap_or(u32::MAX),
     }
 }
 
