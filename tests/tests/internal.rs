@@ -175,7 +175,13 @@ async fn the_internal_routes_answer_on_the_internal_listener_only_and_only_to_a_
         events_before,
         "nothing was written"
     );
+
+    // A graceful stop closes both listeners.
+    let (public, internal) = (app.url("/healthz"), app.internal("/healthz"));
     app.stop().await;
+    for url in [public, internal] {
+        assert!(reqwest::get(&url).await.is_err(), "{url} still answers");
+    }
 }
 
 #[tokio::test]
