@@ -34,9 +34,7 @@ async fn get_author(
     min_position: MinPosition,
 ) -> Result<Json<Author>, ApiError> {
     let id: UserId = parse_id(&id, "author")?;
-    min_position
-        .wait(&state.pool, &[Projection::Authors])
-        .await?;
+    min_position.wait(&state, &[Projection::Authors]).await?;
     let author: Option<Author> = sqlx::query_as(&format!(
         "SELECT id, name, active, post_count FROM {}.authors WHERE id = $1",
         Projection::Authors.schema()

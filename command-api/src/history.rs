@@ -2,7 +2,7 @@
 //! version, each event as a structured CloudEvent (a `application/cloudevents-batch+json`
 //! array).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::auth::{self, Principal};
 use crate::error::ApiError;
+use crate::query::Query;
 use crate::state::AppState;
 use crate::validation::{Fields, parse_id};
 use events::envelope;

@@ -9,7 +9,8 @@
 //! - [`auth`]: bearer JWTs against the cached JWKS, introspection for sensitive
 //!   operations; service keys for `/internal/*`. [`policy`]: live authorization
 //!   (revocations, roles and standing in Keel), kept current from the log.
-//! - [`request_id`], [`error`], [`body`], [`validation`]: the request edge, RFC 9457.
+//! - [`request_id`], [`error`], [`body`], [`query`], [`validation`]: the request edge,
+//!   RFC 9457. [`rate_limit`] and [`load`]: the limits every API request passes first.
 //! - [`commands`]: `If-Match`, `Idempotency-Key`, metadata, responses.
 //! - [`writer`]: group commit of commands into the log.
 //! - [`publisher`], [`bus`]: the outbox publisher (log -> JetStream, one active instance).
@@ -36,6 +37,7 @@ pub mod error;
 pub mod health;
 pub mod history;
 pub mod internal;
+pub mod load;
 pub mod metrics;
 pub mod notifications;
 pub mod page;
@@ -43,6 +45,8 @@ pub mod policy;
 pub mod post_reads;
 pub mod posts;
 pub mod publisher;
+pub mod query;
+pub mod rate_limit;
 pub mod request_id;
 pub mod revocations;
 pub mod state;
@@ -68,19 +72,29 @@ use crate::state::AppState;
 
 /// Every route, with the layers every request goes through. Tests call this too.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    // What clients call passes the limits first: requests in flight, then rate, then
+    // Keel's headers, all before any handler.
+    let api = Router::new()
         .merge(users::router())
         .merge(posts::router())
         .merge(revocations::router())
         .merge(authors::router())
         .merge(post_reads::router())
         .merge(dashboard::router())
-        .merge(internal::router())
         .merge(history::router())
-        .merge(health::router())
-        .merge(metrics::router())
         .merge(notifications::router())
         .merge(page::router())
+        .layer(axum::middleware::from_fn(validation::check_headers))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::middleware,
+        ));
+    let api = load::limit_in_flight(api, state.in_flight.clone());
+    Router::new()
+        .merge(api)
+        .merge(internal::router())
+        .merge(health::router())
+        .merge(metrics::router())
         .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         .layer(axum::middleware::from_fn(request_id::middleware))
@@ -214,10 +228,15 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
             &config.stream,
             config.allowed_origins.clone(),
             policy.clone(),
+            notifications::slots::Slots::new(config.ws_max_per_user, config.ws_max_sockets),
         )
         .map_err(StartError::Redis)?,
     );
     let (writer, writer_handle) = writer::writer(pool.clone());
+    let rate_limits = Arc::new(rate_limit::RateLimits::new(
+        config.rate_limit,
+        config.ip_rate_limit,
+    ));
     let state = AppState {
         pool: pool.clone(),
         writer: writer_handle,
@@ -231,6 +250,9 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
         stream: Arc::from(config.stream.as_str()),
         metrics,
         hub: hub.clone(),
+        rate_limits: rate_limits.clone(),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
+        position_waiters: Arc::new(tokio::sync::Semaphore::new(config.max_position_waiters)),
     };
     let listener = TcpListener::bind(&config.http_addr)
         .await
@@ -246,6 +268,7 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
         stop_background.clone(),
     ));
     background.spawn(purge_idempotency_keys(pool, stop_background.clone()));
+    background.spawn(rate_limits.forget_idle(stop_background.clone()));
     background.spawn(hub.clone().subscribe(stop_background.clone()));
     background.spawn(
         hub.clone()
@@ -321,6 +344,8 @@ impl Application {
                 tracing::debug!(error = %error, "cannot set TCP_NODELAY");
             }
         });
+        // Clients without a valid token are limited by their address.
+        let router = router.into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 shutdown.await;

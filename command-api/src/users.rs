@@ -208,7 +208,7 @@ pub async fn read_user(
     id: UserId,
     min_position: MinPosition,
 ) -> Result<Response, ApiError> {
-    min_position.wait(&state.pool, &[Projection::Users]).await?;
+    min_position.wait(state, &[Projection::Users]).await?;
     UserView::find(&state.pool, Projection::Users.schema(), id)
         .await
         .map_err(ApiError::internal)?
