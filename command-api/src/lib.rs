@@ -252,6 +252,7 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
         hub: hub.clone(),
         rate_limits: rate_limits.clone(),
         in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
+        readiness: Arc::default(),
         position_waiters: Arc::new(tokio::sync::Semaphore::new(config.max_position_waiters)),
     };
     let listener = TcpListener::bind(&config.http_addr)

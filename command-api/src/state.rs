@@ -9,6 +9,7 @@ use crate::auth::Verifier;
 use crate::auth::introspection::Introspection;
 use crate::auth::service_key::ServiceKeyDigests;
 use crate::cache::Cache;
+use crate::health::Readiness;
 use crate::metrics::Metrics;
 use crate::notifications::hub::Hub;
 use crate::policy::Policy;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub rate_limits: Arc<RateLimits>,
     /// `KEEL_MAX_IN_FLIGHT` permits, shared by every public route.
     pub in_flight: Arc<Semaphore>,
+    /// The last `/readyz` probe, reused for up to a second.
+    pub readiness: Arc<Readiness>,
     /// `KEEL_MAX_POSITION_WAITERS` permits, one per query waiting for `X-Min-Position`.
     pub position_waiters: Arc<Semaphore>,
 }
