@@ -435,7 +435,9 @@ async fn ids_in_other_uuid_forms_are_404() {
         }
     }
     assert_eq!(app.event_count().await, before);
-    let (status, _) = app.get(&format!("/api/posts/{post}"), &token).await;
+    let (status, _) = app
+        .get(&format!("/api/streams/post-{post}/events"), &admin)
+        .await;
     assert_eq!(status, 200, "the hyphenated form names it");
     app.stop().await;
 }
