@@ -6,11 +6,13 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use keel_tests::forge::b64;
 use keel_tests::notifications::{Connect, Notifier, Socket, connect, try_connect};
 use keel_tests::test_app::test_config;
 use keel_tests::{JwksServer, TestApp, eventually, fresh_database};
 use reqwest::{Method, Response};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
 /// A test app whose configuration `change` adjusted.
@@ -302,5 +304,107 @@ async fn sockets_are_limited_per_user_and_per_instance() {
     )
     .await;
     drop((freed, bobs));
+    app.stop().await;
+}
+
+/// This process's resident memory (the API runs in it), in KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status")
+}
+
+/// Declares a 10 MB body and sends none of it: the status line of the answer, which
+/// must come from the headers alone.
+async fn declared_10mb(address: &str, token: &str) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST /api/posts HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        10 * 1024 * 1024
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0; 12];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut answer))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A token naming a random `kid` (its signature is never looked at: no key has that id).
+fn token_with_random_kid() -> String {
+    let header = json!({"alg": "RS256", "typ": "JWT", "kid": Uuid::new_v4().to_string()});
+    let claims = json!({"sub": Uuid::new_v4().to_string(), "exp": 4_000_000_000u64});
+    format!(
+        "{}.{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes()),
+        b64(b"not a signature")
+    )
+}
+
+/// Sends `n` requests with random `kid`s, `concurrency` at a time; all must be 401.
+async fn random_kids(app: &TestApp, n: usize) {
+    let statuses: Vec<u16> = futures::stream::iter(0..n)
+        .map(|_| {
+            app.client
+                .get(app.url("/api/posts"))
+                .bearer_auth(token_with_random_kid())
+                .send()
+        })
+        .buffer_unordered(64)
+        .map(|response| response.unwrap().status().as_u16())
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 401), "unknown kids are 401");
+}
+
+/// P17: abuse leaves resources bounded: 1,000 requests declaring 10 MB bodies are
+/// refused from their `Content-Length` alone (413), 100,000 tokens with random `kid`s
+/// cost at most one JWKS fetch per cooldown, and memory afterwards is within 10 % of
+/// before.
+#[tokio::test]
+async fn abuse_leaves_memory_and_jwks_fetches_bounded() {
+    let app = spawn(|_| {}).await;
+    let (_, token) = app.register("Ada").await;
+    let address = app.base_url.trim_start_matches("http://").to_owned();
+    // Warm up: connections, buffers and caches reach their working size first.
+    random_kids(&app, 2_000).await;
+    for _ in 0..50 {
+        declared_10mb(&address, &token).await;
+    }
+    let before = rss_kib();
+    let fetches = app.jwks.fetches();
+    let started = Instant::now();
+
+    let answers: Vec<String> = futures::stream::iter(0..1000)
+        .map(|_| declared_10mb(&address, &token))
+        .buffer_unordered(50)
+        .collect()
+        .await;
+    assert!(
+        answers.iter().all(|a| a == "HTTP/1.1 413"),
+        "every 10 MB body refused: {:?}",
+        answers.iter().find(|a| *a != "HTTP/1.1 413")
+    );
+    random_kids(&app, 100_000).await;
+
+    let cooldowns = started.elapsed().as_secs() / 30 + 1;
+    let fetched = app.jwks.fetches() - fetches;
+    assert!(
+        fetched as u64 <= cooldowns,
+        "{fetched} JWKS fetches in {:?} (cooldown 30 s)",
+        started.elapsed()
+    );
+    let after = rss_kib();
+    assert!(
+        after * 10 <= before * 11,
+        "resident memory grew from {before} KiB to {after} KiB"
+    );
+    eprintln!("rss {before} KiB -> {after} KiB in {:?}", started.elapsed());
     app.stop().await;
 }
