@@ -2,7 +2,7 @@
 //! service key (`X-Api-Key`), never by a user's token.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 
@@ -11,7 +11,7 @@ use crate::consistency::MinPosition;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::users;
-use crate::validation::parse_id;
+use crate::validation::{PathText, parse_id};
 use events::ids::UserId;
 
 pub fn router() -> Router<AppState> {
@@ -22,7 +22,7 @@ pub fn router() -> Router<AppState> {
 async fn get_user(
     State(state): State<AppState>,
     _caller: ServiceCaller,
-    Path(id): Path<String>,
+    PathText(id): PathText,
     min_position: MinPosition,
 ) -> Result<Response, ApiError> {
     let id: UserId = parse_id(&id, "user")?;

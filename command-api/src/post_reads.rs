@@ -1,7 +1,7 @@
 //! The Blog's reads: published posts newest first (keyset pages) and one post with its
 //! comments, from the `posts` read model, with author names from the `authors` one.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -18,7 +18,7 @@ use crate::consistency::{self, MinPosition};
 use crate::error::ApiError;
 use crate::query::Query;
 use crate::state::AppState;
-use crate::validation::{Fields, parse_id};
+use crate::validation::{Fields, PathText, parse_id};
 use events::ids::{CommentId, PostId, UserId, Version};
 use events::read_model::Projection;
 
@@ -256,7 +256,7 @@ struct Post {
 /// one only for its author (it does not exist for anyone else, admins included).
 async fn get_post(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathText(id): PathText,
     principal: Principal,
     min_position: MinPosition,
 ) -> Result<Response, ApiError> {

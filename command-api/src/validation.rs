@@ -1,7 +1,8 @@
 //! Collecting field errors into one 422, parsing ids from paths, and checking Keel's
 //! request headers on every endpoint.
 
-use axum::extract::Request;
+use axum::extract::{FromRequestParts, Path, Request};
+use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use events::domain::Invalid;
@@ -47,6 +48,21 @@ impl Fields {
 
     pub fn into_error(self) -> ApiError {
         ApiError::invalid(self.0)
+    }
+}
+
+/// A path parameter, as text; one that is not UTF-8 (`%FF`) names nothing (404), never
+/// the framework's plain-text 400.
+pub struct PathText(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathText {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(text)| Self(text))
+            .map_err(|_| ApiError::NotFound("no such resource".to_owned()))
     }
 }
 

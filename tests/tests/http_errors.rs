@@ -421,7 +421,8 @@ async fn ids_in_other_uuid_forms_are_404() {
             (Method::GET, format!("/api/streams/post-{form}/events")),
         ] {
             let response = app.request(method, &path, &admin).send().await.unwrap();
-            problem(response, 404).await;
+            let body = problem(response, 404).await;
+            assert_eq!(body["type"], "urn:keel:problem:not-found", "{path}");
         }
     }
     for form in forms(ada) {
@@ -434,6 +435,15 @@ async fn ids_in_other_uuid_forms_are_404() {
             problem(response, 404).await;
         }
     }
+    let not_utf8 = app
+        .request(Method::GET, "/api/posts/%FF", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        problem(not_utf8, 404).await["type"],
+        "urn:keel:problem:not-found"
+    );
     assert_eq!(app.event_count().await, before);
     let (status, _) = app
         .get(&format!("/api/streams/post-{post}/events"), &admin)
