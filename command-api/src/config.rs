@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -74,6 +75,12 @@ pub struct Config {
     )]
     pub database_url: String,
 
+    /// Postgres as the schema's owner. Set: migrations run through it at start, all else
+    /// through `DATABASE_URL`, which then needs only the rights `scripts/postgres-roles.sql`
+    /// grants. Unset: `DATABASE_URL` migrates.
+    #[arg(long, env = "KEEL_MIGRATE_DATABASE_URL", hide_env_values = true)]
+    pub migrate_database_url: Option<String>,
+
     /// NATS with JetStream.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
@@ -81,6 +88,11 @@ pub struct Config {
     /// Redis: notification channels and the UI cache.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+
+    /// PEM file of the private CA that the Redis (`rediss://`) and NATS (`tls://`)
+    /// servers' certificates chain to. Unset: the system's CAs.
+    #[arg(long, env = "KEEL_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
 
     /// Listen address (port 0 picks a free port).
     #[arg(long, env = "KEEL_HTTP_ADDR", default_value = "127.0.0.1:8080")]

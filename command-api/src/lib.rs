@@ -106,6 +106,8 @@ pub fn app(state: AppState) -> Router {
 pub enum StartError {
     #[error(transparent)]
     Database(#[from] events::database::OpenError),
+    #[error(transparent)]
+    Tls(#[from] events::tls::CaFileError),
     #[error("invalid REDIS_URL")]
     Redis(#[source] redis::RedisError),
     #[error("invalid NATS_URL")]
@@ -176,15 +178,22 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
             None
         }
     };
-    let pool = events::database::open(&config.database_url, config.db_pool_size).await?;
+    let ca = events::tls::PrivateCa::load(config.tls_ca_file.as_deref())?;
+    let pool = events::database::open(
+        &config.database_url,
+        config.migrate_database_url.as_deref(),
+        config.db_pool_size,
+    )
+    .await?;
     let policy = Arc::new(
         policy::Policy::load(pool.clone())
             .await
             .map_err(StartError::Policy)?,
     );
-    let redis = redis::Client::open(config.redis_url.as_str()).map_err(StartError::Redis)?;
+    let redis = ca.redis(&config.redis_url).map_err(StartError::Redis)?;
     let cache = cache::Cache::new(redis.clone()).map_err(StartError::Redis)?;
-    let nats = async_nats::ConnectOptions::new()
+    let nats = ca
+        .nats()
         .retry_on_initial_connect()
         .connect(config.nats_url.as_str())
         .await

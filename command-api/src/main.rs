@@ -1,6 +1,7 @@
 //! `command-api`: reads its configuration, serves until SIGTERM or Ctrl-C.
 //! `command-api republish --from <position>`: asks the active publisher to publish the
 //! log again from that position (after JetStream lost data).
+//! `command-api migrate`: brings the schema up to date, as its owner, and exits.
 
 use clap::Parser;
 use command_api::Config;
@@ -23,6 +24,24 @@ struct Republish {
     database_url: String,
 }
 
+/// Creates the database if missing and applies the schema migrations, then exits. Run it
+/// as the schema's owner before starting processes whose `DATABASE_URL` holds only the
+/// rights of `scripts/postgres-roles.sql` (then run that script again).
+#[derive(Parser)]
+#[command(name = "command-api migrate")]
+struct Migrate {
+    /// The schema owner's URL; unset: `DATABASE_URL`.
+    #[arg(long, env = "KEEL_MIGRATE_DATABASE_URL", hide_env_values = true)]
+    migrate_database_url: Option<String>,
+    /// Keel's database.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/keel"
+    )]
+    database_url: String,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     events::process::init_logging();
@@ -33,6 +52,20 @@ async fn main() -> anyhow::Result<()> {
         println!(
             "republish from position {} requested; the active publisher picks it up",
             args.from.max(1)
+        );
+        return Ok(());
+    }
+    if std::env::args().nth(1).as_deref() == Some("migrate") {
+        let args = Migrate::parse_from(std::env::args().skip(1));
+        events::database::migrate(
+            args.migrate_database_url
+                .as_ref()
+                .unwrap_or(&args.database_url),
+        )
+        .await?;
+        println!(
+            "schema up to date ({} migrations)",
+            events::MIGRATOR.iter().count()
         );
         return Ok(());
     }

@@ -3,7 +3,7 @@
 //! Pipeline: command -> **decide** -> **event log** (Postgres, also the outbox) ->
 //! publisher -> JetStream -> projectors / relay -> Redis -> WebSocket.
 //!
-//! - [`database`]: create, connect and migrate Keel's database.
+//! - [`database`]: create, migrate and connect Keel's database (TLS from its URL).
 //! - [`ids`]: identity and ordering newtypes (`UserId`, `StreamId`, `Version`, `Position`…).
 //! - [`domain`]: the User and Post aggregates as pure `decide`/`apply`, their events and
 //!   the validated input values.
@@ -15,6 +15,7 @@
 //! - [`policy`]: what authorization folds from the log, and the invalidation channels.
 //! - [`process`]: logging and the stop signal, the same in every binary.
 //! - [`read_model`]: the projections, where their models live, how far each has applied.
+//! - [`tls`]: Redis and NATS clients, over TLS to a private CA when configured.
 //! - [`MIGRATOR`]: the schema, owned by `events/migrations`.
 
 pub mod database;
@@ -28,6 +29,8 @@ pub mod outbox;
 pub mod policy;
 pub mod process;
 pub mod read_model;
+pub mod tls;
 
-/// Every table Keel owns. Run on start by each binary; safe to run concurrently.
+/// Every table Keel owns. Run on start by each binary (or `command-api migrate`) when the
+/// schema is behind; safe to run concurrently.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

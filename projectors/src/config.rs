@@ -1,5 +1,7 @@
 //! The projectors' configuration: read once in `main`, from flags or the environment.
 
+use std::path::PathBuf;
+
 use clap::Args;
 
 /// Where the projectors (and the relay) read from and write to.
@@ -14,6 +16,17 @@ pub struct Config {
         global = true
     )]
     pub database_url: String,
+
+    /// Postgres as the schema's owner. Set: migrations run through it at start, all else
+    /// through `DATABASE_URL`, which then needs only the rights `scripts/postgres-roles.sql`
+    /// grants. Unset: `DATABASE_URL` migrates.
+    #[arg(
+        long,
+        env = "KEEL_MIGRATE_DATABASE_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub migrate_database_url: Option<String>,
 
     /// NATS with JetStream.
     #[arg(
@@ -32,6 +45,11 @@ pub struct Config {
         global = true
     )]
     pub redis_url: String,
+
+    /// PEM file of the private CA that the Redis (`rediss://`) and NATS (`tls://`)
+    /// servers' certificates chain to. Unset: the system's CAs.
+    #[arg(long, env = "KEEL_TLS_CA_FILE", global = true)]
+    pub tls_ca_file: Option<PathBuf>,
 
     /// JetStream stream name (its dead-letter stream is `<name>_DLQ`).
     #[arg(long, env = "KEEL_STREAM", default_value = "EVENTS", global = true)]

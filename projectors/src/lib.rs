@@ -42,6 +42,8 @@ pub const POOL_SIZE: u32 = 8;
 pub enum StartError {
     #[error(transparent)]
     Database(#[from] events::database::OpenError),
+    #[error(transparent)]
+    Tls(#[from] events::tls::CaFileError),
     #[error("invalid REDIS_URL")]
     Redis(#[source] redis::RedisError),
     #[error("invalid NATS_URL")]
@@ -50,8 +52,14 @@ pub enum StartError {
 
 /// Opens the database (created and migrated if needed) and the cache.
 pub async fn open(config: &Config) -> Result<(PgPool, Cache), StartError> {
-    let pool = events::database::open(&config.database_url, POOL_SIZE).await?;
-    let redis = redis::Client::open(config.redis_url.as_str()).map_err(StartError::Redis)?;
+    let ca = events::tls::PrivateCa::load(config.tls_ca_file.as_deref())?;
+    let pool = events::database::open(
+        &config.database_url,
+        config.migrate_database_url.as_deref(),
+        POOL_SIZE,
+    )
+    .await?;
+    let redis = ca.redis(&config.redis_url).map_err(StartError::Redis)?;
     Ok((pool, Cache::new(redis, config.stream.clone())))
 }
 
@@ -65,7 +73,8 @@ pub struct Workers {
 pub async fn build(config: &Config, projections: &[Projection]) -> Result<Workers, StartError> {
     let (pool, cache) = open(config).await?;
     let cache = Arc::new(cache);
-    let nats = async_nats::ConnectOptions::new()
+    let nats = events::tls::PrivateCa::load(config.tls_ca_file.as_deref())?
+        .nats()
         .retry_on_initial_connect()
         .connect(config.nats_url.as_str())
         .await

@@ -137,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Tail { count, idle_secs } => {
             projectors::tail::run(
+                events::tls::PrivateCa::load(config.tls_ca_file.as_deref())?.nats(),
                 &config.nats_url,
                 &config.stream,
                 count,

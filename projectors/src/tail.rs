@@ -32,14 +32,13 @@ pub fn line(sequence: u64, subject: &str, payload: &[u8]) -> String {
 /// Prints messages from the start of the stream until `count` were printed or nothing
 /// arrived for `idle`.
 pub async fn run(
+    nats: async_nats::ConnectOptions,
     nats_url: &str,
     stream: &str,
     count: usize,
     idle: Duration,
 ) -> Result<usize, TailError> {
-    let client = async_nats::connect(nats_url)
-        .await
-        .map_err(TailError::Connect)?;
+    let client = nats.connect(nats_url).await.map_err(TailError::Connect)?;
     let context = jetstream::new(client);
     let stream_handle = context
         .get_stream(stream)

@@ -90,8 +90,14 @@ pub struct Relay {
 /// Opens Postgres (created and migrated if needed), NATS and Redis (both retried while
 /// away).
 pub async fn build(config: &Config) -> Result<Relay, StartError> {
-    let pool = events::database::open(&config.database_url, 2).await?;
-    let redis = redis::Client::open(config.redis_url.as_str()).map_err(StartError::Redis)?;
+    let ca = events::tls::PrivateCa::load(config.tls_ca_file.as_deref())?;
+    let pool = events::database::open(
+        &config.database_url,
+        config.migrate_database_url.as_deref(),
+        2,
+    )
+    .await?;
+    let redis = ca.redis(&config.redis_url).map_err(StartError::Redis)?;
     // Lazy: the relay starts while Redis is away, and retries the event in hand.
     let redis = ConnectionManager::new_lazy_with_config(
         redis,
@@ -100,7 +106,8 @@ pub async fn build(config: &Config) -> Result<Relay, StartError> {
             .set_response_timeout(Some(Duration::from_secs(2))),
     )
     .map_err(StartError::Redis)?;
-    let nats = async_nats::ConnectOptions::new()
+    let nats = ca
+        .nats()
         .retry_on_initial_connect()
         .connect(config.nats_url.as_str())
         .await

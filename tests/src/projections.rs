@@ -15,8 +15,10 @@ use crate::{TestApp, eventually};
 pub fn config(app: &TestApp) -> projectors::Config {
     projectors::Config {
         database_url: app.database_url.clone(),
+        migrate_database_url: None,
         nats_url: app.nats_url.clone(),
         redis_url: app.redis_url.clone(),
+        tls_ca_file: None,
         stream: app.stream.clone(),
         subject_prefix: app.subject_prefix.clone(),
     }

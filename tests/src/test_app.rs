@@ -211,9 +211,11 @@ impl TestApp {
 pub fn test_config(database_url: String, jwks: &JwksServer) -> command_api::Config {
     command_api::Config {
         database_url,
+        migrate_database_url: None,
         nats_url: std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned()),
         redis_url: std::env::var("REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
+        tls_ca_file: None,
         http_addr: "127.0.0.1:0".to_owned(),
         jwks_url: jwks.url.clone(),
         jwt_issuer: issuer().issuer().to_owned(),

@@ -12,6 +12,11 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     /// Starts `target/debug/<binary>` (built by `cargo build --workspace --bins`).
     pub fn spawn(binary: &str, app: &TestApp) -> Self {
+        Self::spawn_on(binary, app, &app.database_url)
+    }
+
+    /// The same, connected to Postgres through `database_url` (e.g. as another role).
+    pub fn spawn_on(binary: &str, app: &TestApp, database_url: &str) -> Self {
         let path = crate::api_process::binary_named(binary);
         assert!(
             path.exists(),
@@ -19,7 +24,7 @@ impl WorkerProcess {
             path.display()
         );
         let child = Command::new(path)
-            .env("DATABASE_URL", &app.database_url)
+            .env("DATABASE_URL", database_url)
             .env("NATS_URL", &app.nats_url)
             .env("REDIS_URL", &app.redis_url)
             .env("KEEL_STREAM", &app.stream)

@@ -147,7 +147,9 @@ struct Cluster {
 impl Cluster {
     async fn start() -> Self {
         let database_url = fresh_database().await.unwrap();
-        let pool = events::database::open(&database_url, 4).await.unwrap();
+        let pool = events::database::open(&database_url, None, 4)
+            .await
+            .unwrap();
         let nats = NatsServer::start().await.unwrap();
         let jwks = JwksServer::start().await.unwrap();
         let stream = unique_name("EVENTS_TEST");

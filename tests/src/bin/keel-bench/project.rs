@@ -82,7 +82,7 @@ async fn bare_consume(app: &TestApp, messages: usize) -> anyhow::Result<f64> {
 /// bare keyset scan of the same log into the same rows.
 async fn rebuild(events: usize) -> anyhow::Result<(usize, f64, f64)> {
     let database_url = fresh_database().await?;
-    let pool = events::database::open(&database_url, 4).await?;
+    let pool = events::database::open(&database_url, None, 4).await?;
     let seeded = seed(&pool, events).await?;
     let started = Instant::now();
     let mut after = events::ids::Position(0);
@@ -106,9 +106,11 @@ async fn rebuild(events: usize) -> anyhow::Result<(usize, f64, f64)> {
 fn config_for_rebuild() -> projectors::Config {
     projectors::Config {
         database_url: String::new(),
+        migrate_database_url: None,
         nats_url: String::new(),
         redis_url: std::env::var("REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
+        tls_ca_file: None,
         stream: keel_tests::unique_name("BENCH_REBUILD"),
         subject_prefix: String::new(),
     }

@@ -27,7 +27,7 @@ fn nats_url() -> String {
 /// Events/s of Keel's publisher draining `events` pre-filled events.
 async fn drain_rate(events: usize) -> anyhow::Result<(f64, String, Bus)> {
     let database_url = fresh_database().await?;
-    let pool = events::database::open(&database_url, 8).await?;
+    let pool = events::database::open(&database_url, None, 8).await?;
     prefill(&pool, events).await?;
     let context = jetstream::new(async_nats::connect(nats_url()).await?);
     let bus = Bus {
