@@ -32,7 +32,8 @@ pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// How often keys whose bucket is full again are dropped.
 pub const FORGET_IDLE_EVERY: Duration = Duration::from_secs(10);
-/// Highest rate a limit takes (a finer one than a nanosecond per request means nothing).
+/// Highest rate a limit takes (governor counts in nanoseconds: far past this, the interval
+/// between two requests would round to nothing).
 pub const MAX_RATE: u32 = 1_000_000;
 /// The window of the advertised policy: a full burst refills in two seconds.
 const WINDOW_SECS: u32 = 2;
@@ -156,11 +157,6 @@ impl RateLimits {
                 per_address,
             ),
         }
-    }
-
-    /// Keys tracked now (both limits), for tests and metrics.
-    pub fn keys(&self) -> usize {
-        self.principals.limiter.len() + self.addresses.limiter.len()
     }
 
     /// Drops idle keys every [`FORGET_IDLE_EVERY`] until `stop`.
