@@ -98,6 +98,11 @@ pub struct Config {
     #[arg(long, env = "KEEL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: String,
 
+    /// Listen address of the internal listener: `/internal/*`, `/metrics`, `/healthz`,
+    /// `/readyz`. Keep it off the public network (port 0 picks a free port).
+    #[arg(long, env = "KEEL_INTERNAL_ADDR", default_value = "127.0.0.1:8090")]
+    pub internal_addr: String,
+
     /// JWKS document of the identity provider. Must be https unless its host is loopback.
     #[arg(long, env = "KEEL_JWKS_URL")]
     pub jwks_url: String,
@@ -133,8 +138,9 @@ pub struct Config {
     )]
     pub introspection_client_secret: Secret,
 
-    /// Comma-separated keys accepted in `X-Api-Key` on `/internal/*` (two at once allow
-    /// rotation). Without any, `/internal/*` refuses every request.
+    /// Comma-separated `name:secret` (or bare `secret`) keys accepted in `X-Api-Key` or
+    /// `X-Service-Token` on `/internal/*`; secrets of at least 32 characters. Without
+    /// any key, `/internal/*` refuses every request.
     #[arg(
         long,
         env = "KEEL_SERVICE_KEYS",
@@ -142,6 +148,11 @@ pub struct Config {
         hide_env_values = true
     )]
     pub service_keys: ServiceKeys,
+
+    /// A file of more keys, one `name:secret` a line (`#` comments), re-read when it
+    /// changes and on SIGHUP: keys rotate without a restart.
+    #[arg(long, env = "KEEL_SERVICE_KEYS_FILE")]
+    pub service_keys_file: Option<PathBuf>,
 
     /// Comma-separated Origins allowed to open `/ws/notifications` from a browser.
     #[arg(long, env = "KEEL_ALLOWED_ORIGINS", value_delimiter = ',')]

@@ -35,8 +35,11 @@ pub enum ApiError {
     #[error("{0}")]
     Unauthorized(String),
     /// `/internal/*` without one of the accepted service keys (never a user token).
-    #[error("send X-Api-Key with a valid service key")]
+    #[error("send X-Api-Key or X-Service-Token with a valid service key")]
     ServiceKeyRejected,
+    /// Too many failed service-key attempts from the client's address.
+    #[error("too many failed service-key attempts from this address; retry later")]
+    TooManyKeyFailures { retry_after_secs: u32 },
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -106,7 +109,9 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyRequests { .. } | Self::TooManyKeyFailures { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::Unavailable { .. } | Self::AtCapacity { .. } | Self::NotYetApplied { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -126,7 +131,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload-too-large",
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::Invalid { .. } => "validation",
-            Self::TooManyRequests { .. } => "too-many-requests",
+            Self::TooManyRequests { .. } | Self::TooManyKeyFailures { .. } => "too-many-requests",
             Self::AtCapacity { .. } => "at-capacity",
             Self::Unavailable { .. } | Self::NotYetApplied { .. } => "unavailable",
             Self::Internal(_) => "internal",
@@ -235,7 +240,8 @@ impl IntoResponse for ApiError {
             }
             | Self::AtCapacity {
                 retry_after_secs, ..
-            } => {
+            }
+            | Self::TooManyKeyFailures { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             Self::PreconditionFailed { current } => {

@@ -1,5 +1,6 @@
 //! The internal API for other services: `GET /internal/users/{id}`, authenticated by a
-//! service key (`X-Api-Key`), never by a user's token.
+//! service key (`X-Api-Key` or `X-Service-Token`), never by a user's token. Served on
+//! the internal listener only.
 
 use axum::Router;
 use axum::extract::State;

@@ -22,7 +22,9 @@
 //!   [`metrics`].
 //! - [`notifications`]: the WebSocket hub at `/ws/notifications`; [`page`]: the browser
 //!   page at `/` that shows them.
-//! - [`app`]: merges the routers and layers; [`build`] binds and starts everything.
+//! - [`app`] (the public listener) and [`internal_app`] (the internal listener:
+//!   `/internal/*`, `/metrics`, health) merge the routers and layers; [`build`] binds
+//!   both and starts everything.
 
 pub mod auth;
 pub mod authors;
@@ -54,6 +56,7 @@ pub mod users;
 pub mod validation;
 pub mod writer;
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,12 +68,13 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::service_key::ServiceKeyDigests;
+use crate::auth::service_key::Keyring;
 use crate::auth::{KeySet, Verifier};
 pub use crate::config::Config;
 use crate::state::AppState;
 
-/// Every route, with the layers every request goes through. Tests call this too.
+/// The public listener's routes, with the layers every request goes through. Tests
+/// call this too.
 pub fn app(state: AppState) -> Router {
     // What clients call passes the limits first: requests in flight, then rate, then
     // Keel's headers, all before any handler.
@@ -92,11 +96,22 @@ pub fn app(state: AppState) -> Router {
     let api = load::limit_in_flight(api, state.in_flight.clone());
     Router::new()
         .merge(api)
-        .merge(internal::router())
         .merge(health::router())
-        .merge(metrics::router())
         .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(body::refuse_declared_oversize))
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(axum::middleware::from_fn(request_id::middleware))
+        .with_state(state)
+}
+
+/// The internal listener's routes: other services (`/internal/*`, by service key) and
+/// operators (`/metrics`, unauthenticated: the listener's address is what guards it).
+pub fn internal_app(state: AppState) -> Router {
+    Router::new()
+        .merge(internal::router())
+        .merge(metrics::router())
+        .merge(health::router())
+        .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         .layer(axum::middleware::from_fn(request_id::middleware))
         .with_state(state)
@@ -127,6 +142,8 @@ pub enum StartError {
     Policy(#[source] events::policy::ReadError),
     #[error("cannot build the introspection client")]
     Introspection(#[source] reqwest::Error),
+    #[error("invalid service keys")]
+    ServiceKeys(#[source] auth::service_key::KeyError),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: String,
@@ -139,6 +156,8 @@ pub enum StartError {
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    internal_listener: TcpListener,
+    internal_router: Router,
     background: JoinSet<()>,
     stop_background: CancellationToken,
     writer: writer::Writer,
@@ -178,6 +197,11 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
             None
         }
     };
+    let service_keys = Arc::new(
+        Keyring::load(&config.service_keys, config.service_keys_file.clone())
+            .await
+            .map_err(StartError::ServiceKeys)?,
+    );
     let ca = events::tls::PrivateCa::load(config.tls_ca_file.as_deref())?;
     let pool = events::database::open(
         &config.database_url,
@@ -253,7 +277,7 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
         verifier,
         policy: policy.clone(),
         introspection,
-        service_keys: Arc::new(ServiceKeyDigests::new(&config.service_keys)),
+        service_keys: service_keys.clone(),
         nats,
         redis,
         cache,
@@ -265,12 +289,8 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
         readiness: Arc::default(),
         position_waiters: Arc::new(tokio::sync::Semaphore::new(config.max_position_waiters)),
     };
-    let listener = TcpListener::bind(&config.http_addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.http_addr.clone(),
-            source,
-        })?;
+    let listener = bind(&config.http_addr).await?;
+    let internal_listener = bind(&config.internal_addr).await?;
     let stop_background = CancellationToken::new();
     let mut background = JoinSet::new();
     background.spawn(refresh_jwks(
@@ -286,15 +306,27 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
             .enforce(policy.changes(), stop_background.clone()),
     );
     background.spawn(policy.run(stop_background.clone()));
+    background.spawn(auth::key_file::watch(service_keys, stop_background.clone()));
     Ok(Application {
         listener,
-        router: app(state),
+        router: app(state.clone()),
+        internal_listener,
+        internal_router: internal_app(state),
         background,
         stop_background,
         writer,
         publisher,
         hub,
     })
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })
 }
 
 async fn refresh_jwks(keys: Arc<KeySet>, every: Duration, stop: CancellationToken) {
@@ -329,8 +361,15 @@ impl Application {
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
-    /// Serves until `shutdown` resolves, then finishes the requests in flight (and the
-    /// commands they wait for) before returning.
+    /// The internal listener's address.
+    pub fn internal_addr(&self) -> SocketAddr {
+        self.internal_listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Serves both listeners until `shutdown` resolves, then finishes the requests in
+    /// flight (and the commands they wait for) before returning.
     pub async fn run_until_stopped(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -338,6 +377,8 @@ impl Application {
         let Application {
             listener,
             router,
+            internal_listener,
+            internal_router,
             mut background,
             stop_background,
             writer,
@@ -347,7 +388,22 @@ impl Application {
         let writer = tokio::spawn(writer.run());
         background.spawn(publisher.run(stop_background.clone()));
         tracing::info!(addr = %listener.local_addr()?, "command-api listening");
-        let closing = hub.closing.clone();
+        tracing::info!(
+            addr = %internal_listener.local_addr()?,
+            "command-api internal listener listening"
+        );
+        let stopping = CancellationToken::new();
+        let (closing, stop) = (hub.closing.clone(), stopping.clone());
+        let stopped = stop_background.clone();
+        background.spawn(async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = stopped.cancelled() => {}
+            }
+            // Sockets outlive their upgrade request: close them (1001) explicitly.
+            closing.cancel();
+            stop.cancel();
+        });
         // No Nagle delay: a notification frame goes out at once, even right after a ping
         // (it was held up to 40 ms behind the client's delayed ack).
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -356,14 +412,21 @@ impl Application {
             }
         });
         // Clients without a valid token are limited by their address.
-        let router = router.into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                // Sockets outlive their upgrade request: close them (1001) explicitly.
-                closing.cancel();
-            })
-            .await;
+        let public = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stopping.clone().cancelled_owned())
+        .into_future();
+        // The client's address keys the limit on failed service-key attempts.
+        let internal = axum::serve(
+            internal_listener,
+            internal_router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stopping.cancelled_owned())
+        .into_future();
+        let (public, internal) = tokio::join!(public, internal);
+        let served = public.and(internal);
         hub.sessions.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), hub.sessions.wait()).await;
         // The router (and with it every writer handle) is gone: the writer drains and stops.

@@ -41,6 +41,7 @@ pub async fn middleware(mut request: Request, next: Next) -> Response {
         method = %request.method(),
         path = %request.uri().path(),
         user_id = tracing::field::Empty,
+        service = tracing::field::Empty,
     );
     let started = Instant::now();
     let response = async {

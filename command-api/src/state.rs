@@ -7,7 +7,7 @@ use tokio::sync::Semaphore;
 
 use crate::auth::Verifier;
 use crate::auth::introspection::Introspection;
-use crate::auth::service_key::ServiceKeyDigests;
+use crate::auth::service_key::Keyring;
 use crate::cache::Cache;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
@@ -25,8 +25,8 @@ pub struct AppState {
     pub policy: Arc<Policy>,
     /// Asked before sensitive operations, when configured.
     pub introspection: Option<Arc<Introspection>>,
-    /// The keys accepted on `/internal/*`.
-    pub service_keys: Arc<ServiceKeyDigests>,
+    /// The keys accepted on `/internal/*`, and the limit on failed attempts.
+    pub service_keys: Arc<Keyring>,
     pub nats: async_nats::Client,
     pub redis: redis::Client,
     /// The UI cache (the dashboard), on `redis`.

@@ -4,9 +4,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::eventually;
+use crate::server_process::free_port;
 
 pub struct ApiProcess {
     pub base_url: String,
+    /// The internal listener: `/internal/*`, `/metrics`, health.
+    pub internal_url: String,
     child: Child,
 }
 
@@ -25,7 +28,8 @@ pub fn binary_named(name: &str) -> std::path::PathBuf {
 }
 
 impl ApiProcess {
-    /// Starts the binary with `env` (plus a free port) and waits until it answers.
+    /// Starts the binary with `env` (plus a free port for each listener) and waits until
+    /// it answers.
     pub async fn spawn(env: &[(&str, String)]) -> anyhow::Result<Self> {
         let binary = binary();
         anyhow::ensure!(
@@ -33,33 +37,39 @@ impl ApiProcess {
             "{} is missing: run `cargo build --workspace --bins`",
             binary.display()
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let (port, internal_port) = (free_port()?, free_port()?);
         let child = Command::new(binary)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("KEEL_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("KEEL_INTERNAL_ADDR", format!("127.0.0.1:{internal_port}"))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
         let base_url = format!("http://127.0.0.1:{port}");
-        let health = format!("{base_url}/healthz");
-        eventually(
-            Duration::from_secs(30),
-            "command-api answers /healthz",
-            || {
-                let health = health.clone();
-                async move {
-                    reqwest::get(&health)
-                        .await
-                        .map(drop)
-                        .map_err(|e| e.to_string())
-                }
-            },
-        )
-        .await;
-        Ok(Self { base_url, child })
+        let internal_url = format!("http://127.0.0.1:{internal_port}");
+        for url in [&base_url, &internal_url] {
+            let health = format!("{url}/healthz");
+            eventually(
+                Duration::from_secs(30),
+                "command-api answers /healthz",
+                || {
+                    let health = health.clone();
+                    async move {
+                        reqwest::get(&health)
+                            .await
+                            .map(drop)
+                            .map_err(|e| e.to_string())
+                    }
+                },
+            )
+            .await;
+        }
+        Ok(Self {
+            base_url,
+            internal_url,
+            child,
+        })
     }
 
     /// SIGKILL: no shutdown, no flush, no goodbye.
@@ -75,9 +85,9 @@ impl ApiProcess {
             .status();
     }
 
-    /// One metric's value from `/metrics`.
+    /// One metric's value from `/metrics` (on the internal listener).
     pub async fn metric(&self, name: &str) -> Option<f64> {
-        let text = reqwest::get(format!("{}/metrics", self.base_url))
+        let text = reqwest::get(format!("{}/metrics", self.internal_url))
             .await
             .ok()?
             .text()

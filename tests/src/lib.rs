@@ -107,6 +107,21 @@ pub async fn prefill(pool: &sqlx::PgPool, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// This process's log file of in-process servers (see [`init_test_logging`]).
+pub fn test_log_path() -> std::path::PathBuf {
+    let binary = std::env::args()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "test".to_owned());
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/test-logs")
+        .join(format!("{binary}-{}.log", std::process::id()))
+}
+
 /// Logs of in-process servers go to `target/test-logs/<binary>-<pid>.log` at debug
 /// level, so the suite can check them for secrets afterwards (PROMISES P16).
 /// `KEEL_TEST_LOG=off` (set by the bench) turns this off.
@@ -116,17 +131,10 @@ pub fn init_test_logging() {
         return;
     }
     ONCE.call_once(|| {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-logs");
-        let _ = std::fs::create_dir_all(&dir);
-        let binary = std::env::args()
-            .next()
-            .and_then(|a| {
-                std::path::Path::new(&a)
-                    .file_name()
-                    .map(|f| f.to_string_lossy().into_owned())
-            })
-            .unwrap_or_else(|| "test".to_owned());
-        let path = dir.join(format!("{binary}-{}.log", std::process::id()));
+        let path = test_log_path();
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
         if let Ok(file) = std::fs::File::create(path) {
             let _ = tracing_subscriber::fmt()
                 .json()

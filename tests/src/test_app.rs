@@ -11,11 +11,23 @@ use uuid::Uuid;
 use crate::jwks_server::{JwksServer, issuer};
 use crate::{fresh_database, init_test_logging, unique_name};
 
-/// The API key the test app accepts on `/internal/*`.
-pub const SERVICE_KEY: &str = "test-service-key-3f9c1a";
+/// The secret of the test app's service key (what requests send). Every secret in the
+/// tests holds `test-service-key-3f9c1a`, which `scripts/test` looks for in the logs.
+macro_rules! service_secret {
+    () => {
+        "test-service-key-3f9c1a-5e0d7b92c4a8"
+    };
+}
+pub const SERVICE_SECRET: &str = service_secret!();
+/// The caller named in the test app's `KEEL_SERVICE_KEYS`.
+pub const SERVICE_NAME: &str = "tests";
+/// The test app's `KEEL_SERVICE_KEYS`: `tests:<SERVICE_SECRET>`.
+pub const SERVICE_KEY: &str = concat!("tests:", service_secret!());
 
 pub struct TestApp {
     pub base_url: String,
+    /// The internal listener: `/internal/*`, `/metrics`, health.
+    pub internal_url: String,
     pub database_url: String,
     /// The JetStream stream this instance publishes to, on `nats_url`.
     pub stream: String,
@@ -46,6 +58,7 @@ impl TestApp {
         let redis_url = config.redis_url.clone();
         let app = command_api::build(config).await?;
         let base_url = format!("http://{}", app.local_addr());
+        let internal_url = format!("http://{}", app.internal_addr());
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             let _ = app
@@ -60,6 +73,7 @@ impl TestApp {
             .await?;
         Ok(Self {
             base_url,
+            internal_url,
             database_url,
             stream,
             subject_prefix,
@@ -97,6 +111,11 @@ impl TestApp {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base_url, path)
+    }
+
+    /// `path` on the internal listener.
+    pub fn internal(&self, path: &str) -> String {
+        format!("{}{}", self.internal_url, path)
     }
 
     /// A valid RS256 token for `sub` with the given roles (audience `keel`, a `jti`).
@@ -217,6 +236,7 @@ pub fn test_config(database_url: String, jwks: &JwksServer) -> command_api::Conf
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
         tls_ca_file: None,
         http_addr: "127.0.0.1:0".to_owned(),
+        internal_addr: "127.0.0.1:0".to_owned(),
         jwks_url: jwks.url.clone(),
         jwt_issuer: issuer().issuer().to_owned(),
         jwt_audience: vec![dev_issuer::DEFAULT_AUDIENCE.to_owned()],
@@ -224,6 +244,7 @@ pub fn test_config(database_url: String, jwks: &JwksServer) -> command_api::Conf
         introspection_client_id: String::new(),
         introspection_client_secret: Default::default(),
         service_keys: SERVICE_KEY.parse().unwrap_or_default(),
+        service_keys_file: None,
         allowed_origins: vec![],
         stream: unique_name("EVENTS_TEST"),
         subject_prefix: unique_name("test"),

@@ -112,7 +112,7 @@ async fn commands_succeed_while_nats_is_down_and_all_arrive_once_in_order_after(
     }
     let metrics = app
         .client
-        .get(app.url("/metrics"))
+        .get(app.internal("/metrics"))
         .send()
         .await
         .unwrap()

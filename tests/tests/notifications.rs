@@ -573,7 +573,7 @@ async fn sockets_without_valid_credentials_or_from_foreign_origins_are_refused()
 
 /// A gauge or counter from `/metrics`.
 async fn metric(app: &TestApp, name: &str) -> u64 {
-    let text = reqwest::get(app.url("/metrics"))
+    let text = reqwest::get(app.internal("/metrics"))
         .await
         .unwrap()
         .text()

@@ -1,12 +1,13 @@
 //! The read side end to end: each query answers from its read model, which these tests
-//! fill with SQL (as the projectors would), and `X-Min-Position`, the internal API's
-//! service keys and the dashboard's Redis cache (failing open) behave as the contract says.
+//! fill with SQL (as the projectors would), and `X-Min-Position` and the dashboard's
+//! Redis cache (failing open) behave as the contract says. The internal API's keys and
+//! listener: `internal.rs`.
 
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use keel_tests::redis_server::RedisServer;
-use keel_tests::test_app::{SERVICE_KEY, test_config};
+use keel_tests::test_app::{SERVICE_SECRET, test_config};
 use keel_tests::{JwksServer, TestApp, eventually, fresh_database};
 use reqwest::{Method, Response};
 use serde_json::{Value, json};
@@ -206,83 +207,6 @@ async fn reading_another_users_profile_is_forbidden_and_an_unknown_one_is_not_fo
         404,
     )
     .await;
-    app.stop().await;
-}
-
-// ---- the internal API ------------------------------------------------------------------
-
-async fn internal(app: &TestApp, id: Uuid, key: Option<&str>, token: Option<&str>) -> Response {
-    let mut request = app.client.get(app.url(&format!("/internal/users/{id}")));
-    if let Some(key) = key {
-        request = request.header("x-api-key", key);
-    }
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    request.send().await.unwrap()
-}
-
-#[tokio::test]
-async fn the_internal_api_accepts_either_of_two_rotated_keys() {
-    let jwks = JwksServer::start().await.unwrap();
-    let mut config = test_config(fresh_database().await.unwrap(), &jwks);
-    config.service_keys = "old-key-7d1e, new-key-93fa".parse().unwrap();
-    let app = TestApp::spawn_with(config, jwks).await.unwrap();
-    let ada = Uuid::new_v4();
-    user_row(&app, "rm_users", ada, "Ada", &["user", "admin"]).await;
-    for key in ["old-key-7d1e", "new-key-93fa"] {
-        let response = internal(&app, ada, Some(key), None).await;
-        assert_eq!(response.headers()["etag"], "\"3\"");
-        assert_eq!(
-            ok_json(response).await,
-            json!({"id": ada, "email": "ada@pii.test", "name": "Ada",
-                   "roles": ["user", "admin"], "active": true, "version": 3})
-        );
-    }
-    let unknown = Uuid::new_v4();
-    problem(
-        internal(&app, unknown, Some("new-key-93fa"), None).await,
-        404,
-    )
-    .await;
-    app.stop().await;
-}
-
-#[tokio::test]
-async fn the_internal_api_refuses_a_missing_or_wrong_key_and_a_user_token_instead() {
-    let app = TestApp::spawn().await.unwrap();
-    let ada = Uuid::new_v4();
-    user_row(&app, "rm_users", ada, "Ada", &["user"]).await;
-    let own_token = app.token(ada, &["user"]);
-    let admin = app.admin_token();
-    let wrong = format!("{SERVICE_KEY}x");
-    for (key, token) in [
-        (None, None),
-        (Some(wrong.as_str()), None),
-        (Some(""), None),
-        (None, Some(own_token.as_str())),
-        (None, Some(admin.as_str())),
-        (Some("Bearer"), Some(admin.as_str())),
-    ] {
-        let response = internal(&app, ada, key, token).await;
-        assert!(response.headers().contains_key("www-authenticate"));
-        problem(response, 401).await;
-    }
-    ok_json(internal(&app, ada, Some(SERVICE_KEY), None).await).await;
-    app.stop().await;
-}
-
-#[tokio::test]
-async fn without_configured_keys_the_internal_api_refuses_everyone() {
-    let jwks = JwksServer::start().await.unwrap();
-    let mut config = test_config(fresh_database().await.unwrap(), &jwks);
-    config.service_keys = "".parse().unwrap();
-    let app = TestApp::spawn_with(config, jwks).await.unwrap();
-    let ada = Uuid::new_v4();
-    user_row(&app, "rm_users", ada, "Ada", &["user"]).await;
-    for key in [None, Some(""), Some(SERVICE_KEY)] {
-        problem(internal(&app, ada, key, None).await, 401).await;
-    }
     app.stop().await;
 }
 
@@ -968,8 +892,8 @@ async fn a_malformed_x_min_position_is_422() {
     }
     let internal = app
         .client
-        .get(app.url(&format!("/internal/users/{ada}")))
-        .header("x-api-key", SERVICE_KEY)
+        .get(app.internal(&format!("/internal/users/{ada}")))
+        .header("x-api-key", SERVICE_SECRET)
         .header("x-min-position", "later")
         .send()
         .await

@@ -1,5 +1,6 @@
 //! Who is calling: bearer JWTs verified locally against the identity provider's keys,
-//! and service API keys for `/internal/*` ([`service_key`]).
+//! and service API keys for `/internal/*` ([`service_key`]; re-read by [`key_file`],
+//! failures limited by [`key_attempts`]).
 //!
 //! Only the `kid` in the token header selects a key, and only from Keel's own cached
 //! JWKS: `jku`, `x5u`, `jwk` and `x5c` header fields are never followed. `alg` must be
@@ -15,6 +16,8 @@
 
 pub mod introspection;
 pub mod jwks;
+pub mod key_attempts;
+pub mod key_file;
 pub mod service_key;
 
 use std::collections::HashMap;
