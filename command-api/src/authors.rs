@@ -1,7 +1,7 @@
 //! The Blog's authors: `GET /api/authors/{id}` from the `authors` read model (kept from
 //! `user.*` events; the Blog never asks Users).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
@@ -10,7 +10,7 @@ use crate::auth::Principal;
 use crate::consistency::MinPosition;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::validation::parse_id;
+use crate::validation::{PathText, parse_id};
 use events::ids::UserId;
 use events::read_model::Projection;
 
@@ -30,13 +30,11 @@ struct Author {
 async fn get_author(
     State(state): State<AppState>,
     _principal: Principal,
-    Path(id): Path<String>,
+    PathText(id): PathText,
     min_position: MinPosition,
 ) -> Result<Json<Author>, ApiError> {
     let id: UserId = parse_id(&id, "author")?;
-    min_position
-        .wait(&state.pool, &[Projection::Authors])
-        .await?;
+    min_position.wait(&state, &[Projection::Authors]).await?;
     let author: Option<Author> = sqlx::query_as(&format!(
         "SELECT id, name, active, post_count FROM {}.authors WHERE id = $1",
         Projection::Authors.schema()

@@ -1,13 +1,18 @@
 //! `JsonBody<T>`: the JSON request body, strictly: `application/json` only (415), at
 //! most 64 KiB (413), and every parse or type error answered 422 naming its field.
 //!
+//! A body whose declared `Content-Length` is over the limit is refused (413) before
+//! anything reads it, whatever the endpoint ([`refuse_declared_oversize`]).
+//!
 //! Unknown fields are rejected (each request type denies them), so a misspelt optional
 //! field cannot silently do nothing. Duplicate keys, nesting deeper than 128 levels,
 //! lone surrogate escapes and raw control characters are refused by the parser.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, FieldError};
@@ -62,6 +67,24 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         let value = parse(&raw)?;
         Ok(Self { value, raw })
     }
+}
+
+/// 413 at once for a request that declares a body longer than [`MAX_BODY_BYTES`]: not a
+/// byte of it is read. (A body without a declared length is cut at the limit as it is
+/// read, by `DefaultBodyLimit`.)
+pub async fn refuse_declared_oversize(request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return ApiError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        }
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// Parses a JSON object into `T`, naming the failing field by its path. Only an object

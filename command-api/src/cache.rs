@@ -80,6 +80,11 @@ impl Cache {
         Err(error)
     }
 
+    /// Whether Redis answers, on the shared connection.
+    pub async fn ping(&self) -> Result<(), CacheError> {
+        self.call::<String>(&redis::cmd("PING")).await.map(drop)
+    }
+
     /// The value at `key`, if there is one.
     pub async fn get(&self, key: &str) -> Result<Option<String>, CacheError> {
         self.call(redis::cmd("GET").arg(key)).await

@@ -181,7 +181,7 @@ fn respond(outcome: Outcome) -> Response {
 
 /// `If-Match: "<version>"` (a weak `W/` prefix and a bare number are tolerated; `*`
 /// asks for nothing).
-fn if_match(headers: &HeaderMap) -> Result<Option<Version>, ApiError> {
+pub fn if_match(headers: &HeaderMap) -> Result<Option<Version>, ApiError> {
     let Some(value) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
@@ -202,24 +202,31 @@ fn if_match(headers: &HeaderMap) -> Result<Option<Version>, ApiError> {
         .ok_or_else(invalid)
 }
 
-/// At most 255 visible ASCII characters.
-fn idempotency_key(
-    context: &CommandContext,
-    body: &[u8],
-) -> Result<Option<IdempotencyKey>, ApiError> {
-    let Some(value) = context.headers.get(&IDEMPOTENCY_KEY) else {
+/// The request's `Idempotency-Key`, checked: at most 255 visible ASCII characters.
+pub fn idempotency_key_text(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(&IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
-    let key = value
+    value
         .to_str()
         .ok()
         .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
+        .map(Some)
         .ok_or_else(|| {
             ApiError::invalid(vec![FieldError::new(
                 "Idempotency-Key",
                 "must be 1 to 255 visible ASCII characters",
             )])
-        })?;
+        })
+}
+
+fn idempotency_key(
+    context: &CommandContext,
+    body: &[u8],
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(key) = idempotency_key_text(&context.headers)? else {
+        return Ok(None);
+    };
     let mut hash = Sha256::new();
     hash.update(context.method.as_str().as_bytes());
     hash.update(b"\n");

@@ -1,6 +1,7 @@
 //! The command API's configuration: read once in `main`, from flags or the environment.
 
 use std::fmt;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -190,4 +191,30 @@ pub struct Config {
     /// Postgres connections in the pool.
     #[arg(long, env = "KEEL_DB_POOL_SIZE", default_value = "16")]
     pub db_pool_size: u32,
+
+    /// Requests per second one principal (a token's `sub`) may send; bursts of twice
+    /// that pass. Beyond: 429 with `Retry-After`.
+    #[arg(long, env = "KEEL_RATE_LIMIT", default_value = "100")]
+    pub rate_limit: NonZeroU32,
+
+    /// Requests per second one client IP may send without a valid token (bursts of
+    /// twice that).
+    #[arg(long, env = "KEEL_IP_RATE_LIMIT", default_value = "20")]
+    pub ip_rate_limit: NonZeroU32,
+
+    /// Requests handled at once on the public listener; beyond, 503 at once (no queue).
+    #[arg(long, env = "KEEL_MAX_IN_FLIGHT", default_value = "1024")]
+    pub max_in_flight: usize,
+
+    /// Queries waiting at once for `X-Min-Position`; beyond, 503 at once.
+    #[arg(long, env = "KEEL_MAX_POSITION_WAITERS", default_value = "128")]
+    pub max_position_waiters: usize,
+
+    /// Open notification sockets per user; the next handshake gets 429.
+    #[arg(long, env = "KEEL_WS_MAX_PER_USER", default_value = "8")]
+    pub ws_max_per_user: usize,
+
+    /// Open notification sockets on this instance; the next handshake gets 503.
+    #[arg(long, env = "KEEL_WS_MAX_SOCKETS", default_value = "10000")]
+    pub ws_max_sockets: usize,
 }

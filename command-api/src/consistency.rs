@@ -4,11 +4,15 @@
 use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
-use axum::http::HeaderName;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName};
 use sqlx::{PgPool, Postgres, Transaction};
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use crate::error::{ApiError, FieldError};
+use crate::state::AppState;
+use events::event_log;
 use events::ids::Position;
 use events::read_model::{self, Projection};
 
@@ -29,7 +33,14 @@ impl<S: Send + Sync> FromRequestParts<S> for MinPosition {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        let Some(value) = parts.headers.get(&X_MIN_POSITION) else {
+        Self::from_headers(&parts.headers)
+    }
+}
+
+impl MinPosition {
+    /// The request's `X-Min-Position`, checked: a non-negative integer.
+    pub fn from_headers(headers: &HeaderMap) -> Result<Self, ApiError> {
+        let Some(value) = headers.get(&X_MIN_POSITION) else {
             return Ok(Self(None));
         };
         value
@@ -46,9 +57,7 @@ impl<S: Send + Sync> FromRequestParts<S> for MinPosition {
                 )])
             })
     }
-}
 
-impl MinPosition {
     /// The requested position, or 0 (nothing to wait for) without the header.
     pub fn position(self) -> Position {
         self.0.unwrap_or_default()
@@ -56,13 +65,16 @@ impl MinPosition {
 
     /// Returns once every one of `projections` has applied the log through the requested
     /// position (at once without the header); 503 when that takes longer than
-    /// [`WAIT_BOUND`].
-    pub async fn wait(self, pool: &PgPool, projections: &[Projection]) -> Result<(), ApiError> {
+    /// [`WAIT_BOUND`]. A position beyond the log's head is 422 at once (no command
+    /// returned it), and so is a wait past `KEEL_MAX_POSITION_WAITERS` (503).
+    pub async fn wait(self, state: &AppState, projections: &[Projection]) -> Result<(), ApiError> {
         let Some(position) = self.0 else {
             return Ok(());
         };
+        let pool = &state.pool;
         let started = Instant::now();
         let mut behind = projections.to_vec();
+        let mut waiting = None;
         loop {
             let mut still_behind = Vec::with_capacity(behind.len());
             for projection in behind {
@@ -78,6 +90,9 @@ impl MinPosition {
             let Some(first) = behind.first() else {
                 return Ok(());
             };
+            if waiting.is_none() {
+                waiting = Some(start_waiting(state, position).await?);
+            }
             if started.elapsed() >= WAIT_BOUND {
                 tracing::warn!(
                     position = position.0,
@@ -92,6 +107,30 @@ impl MinPosition {
             tokio::time::sleep(POLL_EVERY).await;
         }
     }
+}
+
+/// Checks that `position` is in the log and takes a waiter's place.
+async fn start_waiting(
+    state: &AppState,
+    position: Position,
+) -> Result<OwnedSemaphorePermit, ApiError> {
+    let head = event_log::head(&state.pool)
+        .await
+        .map_err(ApiError::internal)?;
+    if position > head {
+        return Err(ApiError::invalid(vec![FieldError::new(
+            "X-Min-Position",
+            format!("is beyond the log's head ({})", head.0),
+        )]));
+    }
+    state
+        .position_waiters
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::AtCapacity {
+            limit: "too many queries are waiting for X-Min-Position on this instance",
+            retry_after_secs: RETRY_AFTER_SECS,
+        })
 }
 
 /// A read-only transaction over one snapshot of `tables`, so that a response assembled

@@ -93,9 +93,7 @@ async fn dashboard(
             Lookup::Bypass
         }
     };
-    min_position
-        .wait(&state.pool, &[Projection::Dashboard])
-        .await?;
+    min_position.wait(&state, &[Projection::Dashboard]).await?;
     let (checkpoint, body) = read(&state, user).await?;
     let body = serde_json::to_value(body).map_err(ApiError::internal)?;
     if lookup == Lookup::Miss {

@@ -62,6 +62,18 @@ pub enum ApiError {
         dependency: &'static str,
         retry_after_secs: u32,
     },
+    /// The caller is past one of its own limits (its rate, its sockets).
+    #[error("{limit}")]
+    TooManyRequests {
+        limit: &'static str,
+        retry_after_secs: u32,
+    },
+    /// This instance is at one of its limits (requests in flight, sockets, waiters).
+    #[error("{limit}")]
+    AtCapacity {
+        limit: &'static str,
+        retry_after_secs: u32,
+    },
     /// `X-Min-Position` was not reached by the read models within the wait bound.
     #[error("the read models have not applied position {position} yet")]
     NotYetApplied {
@@ -97,8 +109,10 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::TooManyKeyFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable { .. } | Self::NotYetApplied { .. } => {
+            Self::TooManyRequests { .. } | Self::TooManyKeyFailures { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Self::Unavailable { .. } | Self::AtCapacity { .. } | Self::NotYetApplied { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -117,7 +131,8 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload-too-large",
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::Invalid { .. } => "validation",
-            Self::TooManyKeyFailures { .. } => "too-many-requests",
+            Self::TooManyRequests { .. } | Self::TooManyKeyFailures { .. } => "too-many-requests",
+            Self::AtCapacity { .. } => "at-capacity",
             Self::Unavailable { .. } | Self::NotYetApplied { .. } => "unavailable",
             Self::Internal(_) => "internal",
         }
@@ -218,6 +233,12 @@ impl IntoResponse for ApiError {
                 retry_after_secs, ..
             }
             | Self::NotYetApplied {
+                retry_after_secs, ..
+            }
+            | Self::TooManyRequests {
+                retry_after_secs, ..
+            }
+            | Self::AtCapacity {
                 retry_after_secs, ..
             }
             | Self::TooManyKeyFailures { retry_after_secs } => {

@@ -1,6 +1,7 @@
-//! `/healthz` (the process is alive) and `/readyz` (its dependencies answer).
+//! `/healthz` (the process is alive) and `/readyz` (its dependencies answer, probed at
+//! most once a second).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -12,6 +13,8 @@ use crate::state::AppState;
 
 /// How long one dependency may take to answer a readiness probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one probe's answer is reused.
+pub const PROBE_FRESH_FOR: Duration = Duration::from_secs(1);
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -36,25 +39,44 @@ async fn nats_up(state: &AppState) -> bool {
         )
 }
 
+/// On the cache's shared connection: a probe never opens a connection of its own.
 async fn redis_up(state: &AppState) -> bool {
-    let probe = async {
-        let mut connection = state.redis.get_multiplexed_async_connection().await?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut connection)
-            .await
-    };
-    matches!(tokio::time::timeout(PROBE_TIMEOUT, probe).await, Ok(Ok(_)))
+    state.cache.ping().await.is_ok()
+}
+
+/// Which dependency is down, if any: Postgres, NATS, Redis, in that order.
+type Down = Option<&'static str>;
+
+/// The last readiness probe, reused for [`PROBE_FRESH_FOR`]: however often `/readyz` is
+/// called, the dependencies are probed at most once a second (callers meanwhile wait for
+/// the probe in progress and share its answer).
+#[derive(Default)]
+pub struct Readiness {
+    last: tokio::sync::Mutex<Option<(Instant, Down)>>,
+}
+
+impl Readiness {
+    async fn down(&self, state: &AppState) -> Down {
+        let mut last = self.last.lock().await;
+        if let Some((at, down)) = *last {
+            if at.elapsed() < PROBE_FRESH_FOR {
+                return down;
+            }
+        }
+        let (postgres, nats, redis) =
+            tokio::join!(postgres_up(state), nats_up(state), redis_up(state));
+        let down = [("postgres", postgres), ("nats", nats), ("redis", redis)]
+            .into_iter()
+            .find_map(|(dependency, up)| (!up).then_some(dependency));
+        *last = Some((Instant::now(), down));
+        down
+    }
 }
 
 /// 200 when Postgres, NATS and Redis all answer; else 503 naming the first that does not.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let (postgres, nats, redis) =
-        tokio::join!(postgres_up(&state), nats_up(&state), redis_up(&state));
-    let down = [("postgres", postgres), ("nats", nats), ("redis", redis)]
-        .into_iter()
-        .find(|(_, up)| !up);
-    match down {
-        Some((dependency, _)) => ApiError::Unavailable {
+    match state.readiness.down(&state).await {
+        Some(dependency) => ApiError::Unavailable {
             dependency,
             retry_after_secs: 5,
         }

@@ -2,7 +2,7 @@
 //! version, each event as a structured CloudEvent (a `application/cloudevents-batch+json`
 //! array).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -11,8 +11,9 @@ use serde::Deserialize;
 
 use crate::auth::{self, Principal};
 use crate::error::ApiError;
+use crate::query::Query;
 use crate::state::AppState;
-use crate::validation::{Fields, parse_id};
+use crate::validation::{Fields, PathText, parse_id};
 use events::envelope;
 use events::event_log::{self, RecordedEvent};
 use events::ids::{Position, StreamId, Version};
@@ -86,7 +87,7 @@ async fn global_log(
 async fn stream_events(
     State(state): State<AppState>,
     principal: Principal,
-    Path(stream_id): Path<String>,
+    PathText(stream_id): PathText,
     Query(page): Query<Page>,
 ) -> Result<Response, ApiError> {
     principal.require_admin("reading the log")?;

@@ -3,7 +3,7 @@
 //! the internal listener only.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 
@@ -12,7 +12,7 @@ use crate::consistency::MinPosition;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::users;
-use crate::validation::parse_id;
+use crate::validation::{PathText, parse_id};
 use events::ids::UserId;
 
 pub fn router() -> Router<AppState> {
@@ -23,7 +23,7 @@ pub fn router() -> Router<AppState> {
 async fn get_user(
     State(state): State<AppState>,
     _caller: ServiceCaller,
-    Path(id): Path<String>,
+    PathText(id): PathText,
     min_position: MinPosition,
 ) -> Result<Response, ApiError> {
     let id: UserId = parse_id(&id, "user")?;

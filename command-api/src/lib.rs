@@ -9,7 +9,8 @@
 //! - [`auth`]: bearer JWTs against the cached JWKS, introspection for sensitive
 //!   operations; service keys for `/internal/*`. [`policy`]: live authorization
 //!   (revocations, roles and standing in Keel), kept current from the log.
-//! - [`request_id`], [`error`], [`body`], [`validation`]: the request edge, RFC 9457.
+//! - [`request_id`], [`error`], [`body`], [`query`], [`validation`]: the request edge,
+//!   RFC 9457. [`rate_limit`] and [`load`]: the limits every API request passes first.
 //! - [`commands`]: `If-Match`, `Idempotency-Key`, metadata, responses.
 //! - [`writer`]: group commit of commands into the log.
 //! - [`publisher`], [`bus`]: the outbox publisher (log -> JetStream, one active instance).
@@ -38,6 +39,7 @@ pub mod error;
 pub mod health;
 pub mod history;
 pub mod internal;
+pub mod load;
 pub mod metrics;
 pub mod notifications;
 pub mod page;
@@ -45,6 +47,8 @@ pub mod policy;
 pub mod post_reads;
 pub mod posts;
 pub mod publisher;
+pub mod query;
+pub mod rate_limit;
 pub mod request_id;
 pub mod revocations;
 pub mod state;
@@ -72,7 +76,9 @@ use crate::state::AppState;
 /// The public listener's routes, with the layers every request goes through. Tests
 /// call this too.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    // What clients call passes the limits first: requests in flight, then rate, then
+    // Keel's headers, all before any handler.
+    let api = Router::new()
         .merge(users::router())
         .merge(posts::router())
         .merge(revocations::router())
@@ -80,10 +86,19 @@ pub fn app(state: AppState) -> Router {
         .merge(post_reads::router())
         .merge(dashboard::router())
         .merge(history::router())
-        .merge(health::router())
         .merge(notifications::router())
         .merge(page::router())
+        .layer(axum::middleware::from_fn(validation::check_headers))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::middleware,
+        ));
+    let api = load::limit_in_flight(api, state.in_flight.clone());
+    Router::new()
+        .merge(api)
+        .merge(health::router())
         .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(body::refuse_declared_oversize))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         .layer(axum::middleware::from_fn(request_id::middleware))
         .with_state(state)
@@ -244,10 +259,15 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
             &config.stream,
             config.allowed_origins.clone(),
             policy.clone(),
+            notifications::slots::Slots::new(config.ws_max_per_user, config.ws_max_sockets),
         )
         .map_err(StartError::Redis)?,
     );
     let (writer, writer_handle) = writer::writer(pool.clone());
+    let rate_limits = Arc::new(rate_limit::RateLimits::new(
+        config.rate_limit,
+        config.ip_rate_limit,
+    ));
     let state = AppState {
         pool: pool.clone(),
         writer: writer_handle,
@@ -261,6 +281,10 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
         stream: Arc::from(config.stream.as_str()),
         metrics,
         hub: hub.clone(),
+        rate_limits: rate_limits.clone(),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
+        readiness: Arc::default(),
+        position_waiters: Arc::new(tokio::sync::Semaphore::new(config.max_position_waiters)),
     };
     let listener = bind(&config.http_addr).await?;
     let internal_listener = bind(&config.internal_addr).await?;
@@ -272,6 +296,7 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
         stop_background.clone(),
     ));
     background.spawn(purge_idempotency_keys(pool, stop_background.clone()));
+    background.spawn(rate_limits.forget_idle(stop_background.clone()));
     background.spawn(hub.clone().subscribe(stop_background.clone()));
     background.spawn(
         hub.clone()
@@ -383,9 +408,13 @@ impl Application {
                 tracing::debug!(error = %error, "cannot set TCP_NODELAY");
             }
         });
-        let public = axum::serve(listener, router)
-            .with_graceful_shutdown(stopping.clone().cancelled_owned())
-            .into_future();
+        // Clients without a valid token are limited by their address.
+        let public = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stopping.clone().cancelled_owned())
+        .into_future();
         // The client's address keys the limit on failed service-key attempts.
         let internal = axum::serve(
             internal_listener,

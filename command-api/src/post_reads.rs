@@ -1,7 +1,7 @@
 //! The Blog's reads: published posts newest first (keyset pages) and one post with its
 //! comments, from the `posts` read model, with author names from the `authors` one.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -16,8 +16,9 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use crate::consistency::{self, MinPosition};
 use crate::error::ApiError;
+use crate::query::Query;
 use crate::state::AppState;
-use crate::validation::{Fields, parse_id};
+use crate::validation::{Fields, PathText, parse_id};
 use events::ids::{CommentId, PostId, UserId, Version};
 use events::read_model::Projection;
 
@@ -154,7 +155,7 @@ async fn list(
     Query(page): Query<Page>,
 ) -> Result<Json<PostPage>, ApiError> {
     let page = page.parse()?;
-    min_position.wait(&state.pool, &MODELS).await?;
+    min_position.wait(&state, &MODELS).await?;
     let mut query = QueryBuilder::<Postgres>::new(format!(
         "SELECT p.id, p.title, p.author_id, coalesce(a.name, '') AS author_name,
                 p.published_at, p.comment_count, p.like_count
@@ -255,12 +256,12 @@ struct Post {
 /// one only for its author (it does not exist for anyone else, admins included).
 async fn get_post(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathText(id): PathText,
     principal: Principal,
     min_position: MinPosition,
 ) -> Result<Response, ApiError> {
     let id: PostId = parse_id(&id, "post")?;
-    min_position.wait(&state.pool, &MODELS).await?;
+    min_position.wait(&state, &MODELS).await?;
     let (posts, authors) = (Projection::Posts.schema(), Projection::Authors.schema());
     let tables = [
         format!("{posts}.posts"),

@@ -1,7 +1,7 @@
 //! The Blog endpoints: posts, publishing, comments and likes.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{patch, post, put};
 use serde::Deserialize;
@@ -10,7 +10,7 @@ use crate::body::JsonBody;
 use crate::commands::{Answer, CommandContext};
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::validation::{Fields, parse_id};
+use crate::validation::{Fields, PathText, parse_id};
 use events::domain::{Command, CommentBody, PostBody, PostCommand, Title};
 use events::ids::{CommentId, PostId};
 
@@ -62,7 +62,7 @@ struct UpdateBody {
 
 async fn update(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathText(id): PathText,
     context: CommandContext,
     body: JsonBody<UpdateBody>,
 ) -> Result<Response, ApiError> {
@@ -79,7 +79,7 @@ async fn update(
 
 async fn publish(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathText(id): PathText,
     context: CommandContext,
 ) -> Result<Response, ApiError> {
     let id: PostId = parse_id(&id, "post")?;
@@ -89,7 +89,7 @@ async fn publish(
 
 async fn delete(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathText(id): PathText,
     context: CommandContext,
 ) -> Result<Response, ApiError> {
     let id: PostId = parse_id(&id, "post")?;
@@ -105,7 +105,7 @@ struct CommentBodyJson {
 
 async fn comment(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathText(id): PathText,
     context: CommandContext,
     body: JsonBody<CommentBodyJson>,
 ) -> Result<Response, ApiError> {
@@ -131,7 +131,7 @@ async fn comment(
 
 async fn like(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathText(id): PathText,
     context: CommandContext,
 ) -> Result<Response, ApiError> {
     let id: PostId = parse_id(&id, "post")?;
@@ -141,7 +141,7 @@ async fn like(
 
 async fn unlike(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathText(id): PathText,
     context: CommandContext,
 ) -> Result<Response, ApiError> {
     let id: PostId = parse_id(&id, "post")?;

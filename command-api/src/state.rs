@@ -3,14 +3,17 @@
 use std::sync::Arc;
 
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
 
 use crate::auth::Verifier;
 use crate::auth::introspection::Introspection;
 use crate::auth::service_key::Keyring;
 use crate::cache::Cache;
+use crate::health::Readiness;
 use crate::metrics::Metrics;
 use crate::notifications::hub::Hub;
 use crate::policy::Policy;
+use crate::rate_limit::RateLimits;
 use crate::writer::WriterHandle;
 
 #[derive(Clone)]
@@ -33,4 +36,12 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The WebSocket hub of this instance.
     pub hub: Arc<Hub>,
+    /// Per principal and per client IP, checked before any handler.
+    pub rate_limits: Arc<RateLimits>,
+    /// `KEEL_MAX_IN_FLIGHT` permits, shared by every public route.
+    pub in_flight: Arc<Semaphore>,
+    /// The last `/readyz` probe, reused for up to a second.
+    pub readiness: Arc<Readiness>,
+    /// `KEEL_MAX_POSITION_WAITERS` permits, one per query waiting for `X-Min-Position`.
+    pub position_waiters: Arc<Semaphore>,
 }

@@ -1,7 +1,7 @@
 //! The Users endpoints: register, profile, roles, deactivation, and reading a user from
 //! the `users` read model.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
@@ -15,7 +15,7 @@ use crate::commands::{Answer, CommandContext};
 use crate::consistency::MinPosition;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::validation::{Fields, parse_id};
+use crate::validation::{Fields, PathText, parse_id};
 use events::domain::{Command, Email, Name, Role, UserCommand};
 use events::ids::{UserId, Version};
 use events::read_model::Projection;
@@ -85,7 +85,7 @@ struct UpdateBody {
 
 async fn update(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathText(id): PathText,
     context: CommandContext,
     body: JsonBody<UpdateBody>,
 ) -> Result<Response, ApiError> {
@@ -111,7 +111,7 @@ struct RolesBody {
 
 async fn change_roles(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathText(id): PathText,
     context: CommandContext,
     body: JsonBody<RolesBody>,
 ) -> Result<Response, ApiError> {
@@ -135,7 +135,7 @@ async fn change_roles(
 
 async fn deactivate(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathText(id): PathText,
     context: CommandContext,
 ) -> Result<Response, ApiError> {
     let id: UserId = parse_id(&id, "user")?;
@@ -188,7 +188,7 @@ impl IntoResponse for UserView {
 /// `GET /api/users/{id}`: self or admin, from the `users` read model.
 async fn get_user(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathText(id): PathText,
     principal: Principal,
     min_position: MinPosition,
 ) -> Result<Response, ApiError> {
@@ -208,7 +208,7 @@ pub async fn read_user(
     id: UserId,
     min_position: MinPosition,
 ) -> Result<Response, ApiError> {
-    min_position.wait(&state.pool, &[Projection::Users]).await?;
+    min_position.wait(state, &[Projection::Users]).await?;
     UserView::find(&state.pool, Projection::Users.schema(), id)
         .await
         .map_err(ApiError::internal)?

@@ -1,5 +1,6 @@
 //! `TestApp`: the real command API on port 0 against its own fresh database.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use dev_issuer::{Alg, TokenRequest};
@@ -273,6 +274,14 @@ pub fn test_config(database_url: String, jwks: &JwksServer) -> command_api::Conf
         jwks_refresh: Duration::from_secs(300),
         jwks_cooldown: Duration::from_secs(30),
         db_pool_size: 4,
+        // Limits far above what other tests send; tests/tests/limits.rs lowers them.
+        rate_limit: NonZeroU32::new(command_api::rate_limit::MAX_RATE).unwrap_or(NonZeroU32::MAX),
+        ip_rate_limit: NonZeroU32::new(command_api::rate_limit::MAX_RATE)
+            .unwrap_or(NonZeroU32::MAX),
+        max_in_flight: 1024,
+        max_position_waiters: 1024,
+        ws_max_per_user: 10_000,
+        ws_max_sockets: 100_000,
     }
 }
 

@@ -396,3 +396,138 @@ async fn a_sane_client_request_id_is_echoed_and_an_unsafe_one_replaced() {
     assert_ne!(replaced.headers()["x-request-id"], "a b<script>");
     app.stop().await;
 }
+
+/// Path ids are hyphenated UUIDs only: the braced, `urn:uuid:` and simple forms of an id
+/// that exists name nothing.
+#[tokio::test]
+async fn ids_in_other_uuid_forms_are_404() {
+    let app = TestApp::spawn().await.unwrap();
+    let (ada, token) = app.register("Ada").await;
+    let post = app.published_post(&token).await;
+    let admin = app.admin_token();
+    let forms = |id: uuid::Uuid| {
+        [
+            id.braced().to_string(),
+            id.urn().to_string(),
+            id.simple().to_string(),
+        ]
+    };
+    let before = app.event_count().await;
+    for form in forms(post) {
+        for (method, path) in [
+            (Method::GET, format!("/api/posts/{form}")),
+            (Method::POST, format!("/api/posts/{form}/publish")),
+            (Method::PUT, format!("/api/posts/{form}/like")),
+            (Method::GET, format!("/api/streams/post-{form}/events")),
+        ] {
+            let response = app.request(method, &path, &admin).send().await.unwrap();
+            let body = problem(response, 404).await;
+            assert_eq!(body["type"], "urn:keel:problem:not-found", "{path}");
+        }
+    }
+    for form in forms(ada) {
+        for path in [format!("/api/users/{form}"), format!("/api/authors/{form}")] {
+            let response = app
+                .request(Method::GET, &path, &token)
+                .send()
+                .await
+                .unwrap();
+            problem(response, 404).await;
+        }
+    }
+    let not_utf8 = app
+        .request(Method::GET, "/api/posts/%FF", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        problem(not_utf8, 404).await["type"],
+        "urn:keel:problem:not-found"
+    );
+    assert_eq!(app.event_count().await, before);
+    let (status, _) = app
+        .get(&format!("/api/streams/post-{post}/events"), &admin)
+        .await;
+    assert_eq!(status, 200, "the hyphenated form names it");
+    app.stop().await;
+}
+
+/// A malformed `If-Match`, `Idempotency-Key` or `X-Min-Position` is 422 naming it on
+/// every endpoint, commands included, and appends nothing; a position beyond the head
+/// is 422 at once; a repeated query parameter is 422 naming it.
+#[tokio::test]
+async fn malformed_keel_headers_and_repeated_parameters_are_422_everywhere() {
+    let app = TestApp::spawn().await.unwrap();
+    let (ada, token) = app.register("Ada").await;
+    let post = app.published_post(&token).await;
+    let before = app.event_count().await;
+    let bad = [
+        ("if-match", "yesterday", "If-Match"),
+        ("idempotency-key", "two words", "Idempotency-Key"),
+        ("x-min-position", "-1", "X-Min-Position"),
+        ("x-min-position", "12abc", "X-Min-Position"),
+    ];
+    let endpoints = [
+        (
+            Method::POST,
+            "/api/posts".to_owned(),
+            Some(json!({"title": "t", "body": "b"})),
+        ),
+        (Method::PUT, format!("/api/posts/{post}/like"), None),
+        (
+            Method::PATCH,
+            format!("/api/users/{ada}"),
+            Some(json!({"name": "B"})),
+        ),
+        (Method::GET, format!("/api/posts/{post}"), None),
+        (Method::GET, "/api/posts".to_owned(), None),
+        (Method::GET, "/api/me/dashboard".to_owned(), None),
+        (Method::POST, "/api/ws-tickets".to_owned(), None),
+    ];
+    for (method, path, body) in &endpoints {
+        for (name, value, field) in bad {
+            let mut request = app
+                .request(method.clone(), path, &token)
+                .header(name, value);
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let response = request.send().await.unwrap();
+            let body = problem(response, 422).await;
+            assert_eq!(
+                fields(&body),
+                vec![field],
+                "{method} {path} with {name}: {value}"
+            );
+        }
+    }
+    assert_eq!(app.event_count().await, before, "nothing was appended");
+
+    let head: i64 = sqlx::query_scalar("SELECT max(position) FROM events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let beyond = app
+        .request(Method::GET, &format!("/api/posts/{post}"), &token)
+        .header("x-min-position", (head + 1000).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "at once"
+    );
+    assert_eq!(fields(&problem(beyond, 422).await), vec!["X-Min-Position"]);
+
+    for (path, token) in [
+        ("/api/posts?limit=1&limit=2", token.clone()),
+        ("/api/events?limit=1&limit=2", app.admin_token()),
+    ] {
+        let response = app.request(Method::GET, path, &token).send().await.unwrap();
+        let body = problem(response, 422).await;
+        assert_eq!(fields(&body), vec!["limit"], "{path}");
+        assert_eq!(body["type"], "urn:keel:problem:validation");
+    }
+    app.stop().await;
+}

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::history::History;
+use super::slots::Slots;
 use super::ticket::Tickets;
 use crate::auth::Principal;
 use crate::policy::{Change, Policy};
@@ -68,6 +69,8 @@ pub struct Hub {
     pub sessions: TaskTracker,
     /// Origins allowed to open a socket from a browser; empty allows any.
     pub allowed_origins: Vec<String>,
+    /// The socket limits, per user and in all.
+    pub slots: Arc<Slots>,
     evictions: AtomicU64,
 }
 
@@ -100,6 +103,7 @@ impl Hub {
         stream: &str,
         allowed_origins: Vec<String>,
         policy: Arc<Policy>,
+        slots: Slots,
     ) -> Result<Self, redis::RedisError> {
         Ok(Self {
             history: History::new(&client, Keys::of(stream))?,
@@ -112,6 +116,7 @@ impl Hub {
             closing: CancellationToken::new(),
             sessions: TaskTracker::new(),
             allowed_origins,
+            slots: Arc::new(slots),
             evictions: AtomicU64::new(0),
         })
     }

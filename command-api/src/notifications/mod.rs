@@ -7,8 +7,9 @@
 //!
 //! The upgrade is refused (RFC 9457, before any socket exists) for a token in the query
 //! string (401), an Origin not in `KEEL_ALLOWED_ORIGINS` (403), a missing, invalid or
-//! revoked token or ticket (401), a deactivated user (403) and an offset Keel did not
-//! issue (422). The user is only ever the verified token's `sub`. Browsers, which cannot
+//! revoked token or ticket (401), a deactivated user (403), an offset Keel did not
+//! issue (422), a user at its socket limit (429) and an instance at its own (503,
+//! [`slots`]). The user is only ever the verified token's `sub`. Browsers, which cannot
 //! set headers on a WebSocket, trade their token for a single-use ticket
 //! (`POST /api/ws-tickets`, [`ticket`]) and offer the subprotocols `keel.v1`,
 //! `ticket.<ticket>` and optionally `last-event-id.<offset>` (`bearer.<jwt>` is still
@@ -17,6 +18,7 @@
 pub mod history;
 pub mod hub;
 pub mod session;
+pub mod slots;
 pub mod ticket;
 
 use axum::Json;
@@ -179,6 +181,7 @@ async fn open(
     if principal.expires_at <= crate::auth::now() {
         return Err(ApiError::Unauthorized("token expired".to_owned()));
     }
+    let slot = hub.slots.take(principal.user_id)?;
     // Where the user's notifications stand now, read before the 101: a socket that
     // starts live misses nothing published after its client saw it open, and no socket
     // is accepted while its history cannot be read.
@@ -202,7 +205,12 @@ async fn open(
         .max_frame_size(MAX_INCOMING_BYTES)
         .max_message_size(MAX_INCOMING_BYTES)
         .on_failed_upgrade(|error| tracing::debug!(error = %error, "websocket upgrade failed"))
-        .on_upgrade(move |socket| tracker.track_future(session.run(socket)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                session.run(socket).await;
+                drop(slot);
+            })
+        })
         .into_response())
 }
 
