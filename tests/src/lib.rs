@@ -53,6 +53,27 @@ where
     }
 }
 
+/// Asserts an RFC 9457 answer of `status` (problem+json, `X-Request-Id`, a `type`,
+/// `title` and `detail`) and returns its body.
+pub async fn problem(response: reqwest::Response, status: u16) -> serde_json::Value {
+    assert_eq!(response.status(), status, "status");
+    assert!(
+        response.headers().contains_key("x-request-id"),
+        "X-Request-Id"
+    );
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    for field in ["type", "title", "detail"] {
+        assert!(body[field].is_string(), "problem lacks {field}: {body}");
+    }
+    assert_eq!(body["status"], status);
+    body
+}
+
 /// A unique suffix for database, stream and key-prefix names of one test.
 pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())

@@ -2,29 +2,9 @@
 //! problem body; and the nasty inputs, none of which may reach Postgres as a 500.
 
 use keel_tests::test_app::test_config;
-use keel_tests::{JwksServer, TestApp};
+use keel_tests::{JwksServer, TestApp, problem};
 use reqwest::{Method, Response};
 use serde_json::{Value, json};
-
-/// Asserts the problem+json shape and returns the body.
-async fn problem(response: Response, status: u16) -> Value {
-    assert_eq!(response.status(), status, "status");
-    assert!(
-        response.headers().contains_key("x-request-id"),
-        "X-Request-Id"
-    );
-    let content_type = response.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(content_type, "application/problem+json");
-    let body: Value = response.json().await.unwrap();
-    for field in ["type", "title", "detail"] {
-        assert!(body[field].is_string(), "problem lacks {field}: {body}");
-    }
-    assert_eq!(body["status"], status);
-    body
-}
 
 fn fields(body: &Value) -> Vec<String> {
     body["errors"]

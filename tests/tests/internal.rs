@@ -12,7 +12,7 @@ use keel_tests::jwks_server::issuer;
 use keel_tests::principals::{Principal, nats_connect, principals};
 use keel_tests::test_app::{SERVICE_KEY, SERVICE_NAME, SERVICE_SECRET, test_config};
 use keel_tests::{
-    JwksServer, TestApp, eventually, fresh_database, test_log_path, unique_name,
+    JwksServer, TestApp, eventually, fresh_database, problem, test_log_path, unique_name,
     unique_subject_prefix,
 };
 use reqwest::{Client, Response};
@@ -57,18 +57,6 @@ async fn get_user(client: &Client, base: &str, id: Uuid, present: Present<'_>) -
         Present::Bearer(token) => request.bearer_auth(token),
     };
     request.send().await.unwrap()
-}
-
-/// Asserts a problem+json answer of `status` and returns its body.
-async fn problem(response: Response, status: u16) -> Value {
-    assert_eq!(response.status(), status, "status");
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["status"], status);
-    body
 }
 
 async fn status_of(client: &Client, base: &str, id: Uuid, key: &str) -> u16 {

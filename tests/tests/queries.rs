@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use keel_tests::principals::Principal;
 use keel_tests::redis_server::RedisServer;
 use keel_tests::test_app::{SERVICE_SECRET, test_config};
-use keel_tests::{JwksServer, TestApp, eventually, fresh_database};
+use keel_tests::{JwksServer, TestApp, eventually, fresh_database, problem};
 use reqwest::{Method, Response};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -124,18 +124,6 @@ async fn get(app: &TestApp, path: &str, token: &str) -> Response {
 async fn ok_json(response: Response) -> Value {
     assert_eq!(response.status(), 200, "status");
     response.json().await.unwrap()
-}
-
-/// Asserts a problem+json answer of `status` and returns its body.
-async fn problem(response: Response, status: u16) -> Value {
-    assert_eq!(response.status(), status, "status");
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["status"], status);
-    body
 }
 
 fn fields(body: &Value) -> Vec<String> {
