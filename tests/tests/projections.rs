@@ -278,6 +278,19 @@ async fn dead_letter_messages(app: &TestApp) -> Vec<(String, String)> {
     letters
 }
 
+/// Asserts how many dead letters of `projector-posts` the dead-letter stream holds.
+async fn assert_posts_dead_letters_on_bus(app: &TestApp, expected: usize) {
+    let on_bus = dead_letter_messages(app).await;
+    assert_eq!(
+        on_bus
+            .iter()
+            .filter(|(c, _)| c == "projector-posts")
+            .count(),
+        expected,
+        "{on_bus:?}"
+    );
+}
+
 /// The projectors may only publish dead letters, not create their stream: while it is
 /// missing, a dead letter waits (nothing skipped, nothing recorded); once the command API
 /// has made the stream again, it is dead-lettered once.
@@ -340,15 +353,7 @@ async fn a_dead_letter_waits_until_the_command_api_has_made_its_stream() {
     let second = TestApp::spawn_with(config, jwks).await.unwrap();
     caught_up(&app.pool, Duration::from_secs(60)).await;
     assert_eq!(post_titles(&app).await, ["healthy"]);
-    let on_bus = dead_letter_messages(&app).await;
-    assert_eq!(
-        on_bus
-            .iter()
-            .filter(|(c, _)| c == "projector-posts")
-            .count(),
-        1,
-        "{on_bus:?}"
-    );
+    assert_posts_dead_letters_on_bus(&app, 1).await;
     projectors.stop().await;
     second.stop_keeping_stream().await;
     app.stop().await;
@@ -398,15 +403,7 @@ async fn poison_events_are_dead_lettered_and_later_events_still_apply() {
             .iter()
             .any(|l| l.reason.contains("refused by the test"))
     );
-    let on_bus = dead_letter_messages(&app).await;
-    assert_eq!(
-        on_bus
-            .iter()
-            .filter(|(c, _)| c == "projector-posts")
-            .count(),
-        2,
-        "{on_bus:?}"
-    );
+    assert_posts_dead_letters_on_bus(&app, 2).await;
     assert_eq!(post_titles(&app).await, ["healthy"]);
     let status = projectors::operations::status(&app.pool).await.unwrap();
     let posts = status.iter().find(|s| s.name == "posts").unwrap();
