@@ -32,6 +32,9 @@ ensure_tools() {
   local missing=()
   command -v curl >/dev/null || missing+=(curl)
   command -v jq >/dev/null || missing+=(jq)
+  # scripts/conformance: schemathesis in a virtualenv of its own.
+  command -v python3 >/dev/null || missing+=(python3)
+  python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
   if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
   if ! command -v cargo >/dev/null; then
     echo "error: Keel needs a Rust toolchain (cargo, rustc >= 1.85) on PATH" >&2
@@ -214,11 +217,15 @@ apply_redis_principals() {
 
 # Keel's own nats-server with nats.conf: started, or told to reload it.
 ensure_keel_nats() {
-  local pid_file=$KEEL_STATE/nats.pid
-  if [ -f "$pid_file" ] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
-    kill -HUP "$(cat "$pid_file")"
+  local pid_file=$KEEL_STATE/nats.pid pid
+  pid=$(cat "$pid_file" 2>/dev/null || true)
+  # The pid file outlives a reboot: signal it only if it still names Keel's nats-server.
+  if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = nats-server ] &&
+    port_open 127.0.0.1 "$KEEL_NATS_PORT"; then
+    kill -HUP "$pid"
     return
   fi
+  rm -f "$pid_file"
   mkdir -p "$KEEL_STATE/jetstream"
   setsid nohup nats-server -c "$KEEL_STATE/nats-server.conf" -a 127.0.0.1 -p "$KEEL_NATS_PORT" \
     -P "$pid_file" -l "$KEEL_STATE/nats.log" >/dev/null 2>&1 &

@@ -2,7 +2,8 @@
 //! most 64 KiB (413), and every parse or type error answered 422 naming its field.
 //!
 //! A body whose declared `Content-Length` is over the limit is refused (413) before
-//! anything reads it, whatever the endpoint ([`refuse_declared_oversize`]).
+//! anything reads it, on every endpoint of the public listener
+//! ([`refuse_declared_oversize`]); the internal one cuts a body at the limit as it reads.
 //!
 //! Unknown fields are rejected (each request type denies them), so a misspelt optional
 //! field cannot silently do nothing. Duplicate keys, nesting deeper than 128 levels,

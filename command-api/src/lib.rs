@@ -276,7 +276,6 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
         introspection,
         service_keys: service_keys.clone(),
         nats,
-        redis,
         cache,
         stream: Arc::from(config.stream.as_str()),
         metrics,

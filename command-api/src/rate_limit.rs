@@ -22,7 +22,7 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::bearer_token_in;
+use crate::auth::{VerifiedBearer, bearer_token_in};
 use crate::error::ApiError;
 use crate::state::AppState;
 use events::ids::UserId;
@@ -172,6 +172,15 @@ impl RateLimits {
     }
 }
 
+/// The address a request's client is limited by (see [`address_key`]); served without
+/// connection info (a test calling the router directly), one shared address for all.
+pub fn client_key(extensions: &axum::http::Extensions) -> IpAddr {
+    let address = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |info| info.0.ip());
+    address_key(address)
+}
+
 /// The address a client is limited by: IPv4 as is, IPv6 by its /64 (one host usually
 /// holds a whole /64, so single addresses would be free to rotate).
 fn address_key(address: IpAddr) -> IpAddr {
@@ -186,21 +195,26 @@ fn address_key(address: IpAddr) -> IpAddr {
 
 /// Counts the request against its principal (a valid token) or its client address,
 /// before the handler: 429 beyond the limit.
-pub async fn middleware(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let principal = match bearer_token_in(request.headers()) {
-        Some(token) => state.verifier.verify(token).await.ok(),
+pub async fn middleware(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let verified = match bearer_token_in(request.headers()) {
+        Some(token) => Some(state.verifier.verify(token).await),
         None => None,
     };
+    let principal = verified
+        .as_ref()
+        .and_then(|v| v.as_ref().ok())
+        .map(|p| p.user_id);
+    if let Some(verified) = verified {
+        request.extensions_mut().insert(VerifiedBearer(verified));
+    }
     let limits = &state.rate_limits;
     let decision = match principal {
-        Some(principal) => limits.principals.check(&principal.user_id),
-        None => {
-            let address = request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map_or(IpAddr::from([0, 0, 0, 0]), |info| info.0.ip());
-            limits.addresses.check(&address_key(address))
-        }
+        Some(user_id) => limits.principals.check(&user_id),
+        None => limits.addresses.check(&client_key(request.extensions())),
     };
     match decision {
         Ok(headers) => {

@@ -28,8 +28,7 @@ pub struct AppState {
     /// The keys accepted on `/internal/*`, and the limit on failed attempts.
     pub service_keys: Arc<Keyring>,
     pub nats: async_nats::Client,
-    pub redis: redis::Client,
-    /// The UI cache (the dashboard), on `redis`.
+    /// The UI cache (the dashboard), on Redis.
     pub cache: Cache,
     /// The JetStream stream name, which also namespaces the cache keys.
     pub stream: Arc<str>,

@@ -13,7 +13,6 @@ use async_nats::jetstream;
 /// (`events::nats`).
 #[derive(Debug, Clone)]
 pub struct DeadLetterQueue {
-    pub stream: String,
     pub subjects: String,
 }
 
@@ -35,10 +34,10 @@ pub struct Letter<'a> {
 }
 
 impl DeadLetterQueue {
-    /// The dead-letter stream of the event stream `events_stream` on `subject_prefix`.
-    pub fn of(events_stream: &str, subject_prefix: &str) -> Self {
+    /// The dead letters of the events on `subject_prefix` (the command API makes their
+    /// stream).
+    pub fn of(subject_prefix: &str) -> Self {
         Self {
-            stream: events::nats::dead_letter_stream(events_stream),
             subjects: events::nats::dead_letter_subjects(subject_prefix),
         }
     }

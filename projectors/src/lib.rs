@@ -86,7 +86,7 @@ pub async fn build(config: &Config, projections: &[Projection]) -> Result<Worker
             jetstream: jetstream.clone(),
             stream: config.stream.clone(),
             subject_prefix: config.subject_prefix.clone(),
-            dead_letters: DeadLetterQueue::of(&config.stream, &config.subject_prefix),
+            dead_letters: DeadLetterQueue::of(&config.subject_prefix),
             cache: cache.clone(),
         })
         .collect();

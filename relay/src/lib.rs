@@ -116,7 +116,7 @@ pub async fn build(config: &Config) -> Result<Relay, StartError> {
         publisher: NotificationPublisher::new(&config.stream),
         stream: config.stream.clone(),
         subject_prefix: config.subject_prefix.clone(),
-        dead_letters: DeadLetterQueue::of(&config.stream, &config.subject_prefix),
+        dead_letters: DeadLetterQueue::of(&config.subject_prefix),
         leader: None,
     })
 }

@@ -238,6 +238,14 @@ impl TestApp {
         id
     }
 
+    /// The position of the newest event in the log.
+    pub async fn head_position(&self) -> i64 {
+        sqlx::query_scalar("SELECT max(position) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .expect("reading the log's head")
+    }
+
     /// How many events the log holds.
     pub async fn event_count(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM events")

@@ -483,10 +483,7 @@ async fn malformed_keel_headers_and_repeated_parameters_are_422_everywhere() {
     }
     assert_eq!(app.event_count().await, before, "nothing was appended");
 
-    let head: i64 = sqlx::query_scalar("SELECT max(position) FROM events")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let head = app.head_position().await;
     let started = std::time::Instant::now();
     let beyond = app
         .request(Method::GET, &format!("/api/posts/{post}"), &token)

@@ -162,11 +162,19 @@ fn held_query(app: &TestApp, token: &str, user: Uuid, position: i64) -> reqwest:
         .header("x-min-position", position.to_string())
 }
 
-async fn head(app: &TestApp) -> i64 {
-    sqlx::query_scalar("SELECT max(position) FROM events")
-        .fetch_one(&app.pool)
+/// Asserts that a socket handshake with `token` is refused with `status` and problem type
+/// `urn:keel:problem:<kind>`.
+async fn socket_refused(app: &TestApp, token: &str, status: u16, kind: &str, what: &str) {
+    let refused = try_connect(&app.base_url, Connect::header(token))
         .await
-        .unwrap()
+        .err()
+        .unwrap_or_else(|| panic!("{what} is refused"));
+    assert_eq!(refused.status, status, "{what}");
+    assert_eq!(
+        refused.body["type"],
+        format!("urn:keel:problem:{kind}"),
+        "{what}"
+    );
 }
 
 /// Sends `n` queries at once that each hold their place for the whole wait bound, and
@@ -196,7 +204,7 @@ fn held_queries(
 async fn past_the_in_flight_bound_requests_get_503_at_once() {
     let app = spawn(|config| config.max_in_flight = 2).await;
     let (user, token) = app.register("Ada").await;
-    let position = head(&app).await;
+    let position = app.head_position().await;
     let mut held = held_queries(&app, &token, user, position, 3);
 
     let (shed, took) = held.next().await.unwrap();
@@ -222,7 +230,7 @@ async fn past_the_in_flight_bound_requests_get_503_at_once() {
 async fn min_position_waiters_are_bounded_and_a_future_position_is_refused_at_once() {
     let app = spawn(|config| config.max_position_waiters = 1).await;
     let (user, token) = app.register("Ada").await;
-    let position = head(&app).await;
+    let position = app.head_position().await;
 
     let started = Instant::now();
     let beyond = held_query(&app, &token, user, position + 1_000_000)
@@ -275,12 +283,14 @@ async fn sockets_are_limited_per_user_and_per_instance() {
     let ada = Uuid::new_v4();
     let ada_token = app.token(ada, &["user"]);
     let mut adas = sockets(&app, &ada_token, 8).await;
-    let ninth = try_connect(&app.base_url, Connect::header(&ada_token))
-        .await
-        .err()
-        .expect("the 9th socket of a user is refused");
-    assert_eq!(ninth.status, 429);
-    assert_eq!(ninth.body["type"], "urn:keel:problem:too-many-requests");
+    socket_refused(
+        &app,
+        &ada_token,
+        429,
+        "too-many-requests",
+        "the 9th socket of a user",
+    )
+    .await;
     let offset = notifier.send(ada, json!({"n": 1})).await;
     for socket in &mut adas {
         assert_eq!(socket.next().await["offset"], offset.as_str());
@@ -289,12 +299,14 @@ async fn sockets_are_limited_per_user_and_per_instance() {
     let bob = Uuid::new_v4();
     let bob_token = app.token(bob, &["user"]);
     let bobs = sockets(&app, &bob_token, 4).await;
-    let full = try_connect(&app.base_url, Connect::header(&bob_token))
-        .await
-        .err()
-        .expect("the instance is full");
-    assert_eq!(full.status, 503);
-    assert_eq!(full.body["type"], "urn:keel:problem:at-capacity");
+    socket_refused(
+        &app,
+        &bob_token,
+        503,
+        "at-capacity",
+        "a socket past the instance's bound",
+    )
+    .await;
 
     adas.pop().unwrap().close().await;
     let freed = eventually(

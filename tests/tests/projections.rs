@@ -259,7 +259,7 @@ async fn dead_letter_messages(app: &TestApp) -> Vec<(String, String)> {
         .unwrap();
     let jetstream = async_nats::jetstream::new(client);
     let mut stream = jetstream
-        .get_stream(format!("{}_DLQ", app.stream))
+        .get_stream(events::nats::dead_letter_stream(&app.stream))
         .await
         .unwrap();
     let stored = stream.info().await.unwrap().state.messages;
@@ -318,7 +318,7 @@ async fn a_dead_letter_waits_until_the_command_api_has_made_its_stream() {
         },
     )
     .await;
-    let dead_letter_stream = format!("{}_DLQ", app.stream);
+    let dead_letter_stream = events::nats::dead_letter_stream(&app.stream);
     admin.delete_stream(&dead_letter_stream).await.unwrap();
     refuse_titles(&app, &[("poison", -1)]).await;
     let projectors = Running::start(&app).await;

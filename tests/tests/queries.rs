@@ -688,10 +688,7 @@ async fn a_cached_dashboard_older_than_x_min_position_is_a_miss() {
 
     // Ada's registration is in the log; once the model has applied it, a client that
     // saw that position gets a fresh read, which then serves it from the cache.
-    let position: i64 = sqlx::query_scalar("SELECT max(position) FROM events")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let position = app.head_position().await;
     applied(&app, "dashboard", &format!("user-{ada}"), 1).await;
     let (cache, _) = dashboard(&app, &token, Some(position)).await;
     assert_eq!(cache, "miss");
@@ -749,10 +746,7 @@ async fn x_min_position_beyond_the_users_model_is_503_with_retry_after_within_th
     let app = TestApp::spawn().await.unwrap();
     let (ada, token) = app.register("Ada").await;
     user_row(&app, "rm_users", ada, "Ada", &["user"]).await;
-    let position: i64 = sqlx::query_scalar("SELECT max(position) FROM events")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let position = app.head_position().await;
     let path = format!("/api/users/{ada}");
 
     let started = Instant::now();
@@ -791,10 +785,7 @@ async fn x_min_position_beyond_the_users_model_is_503_with_retry_after_within_th
 async fn x_min_position_waits_until_the_model_has_applied_it() {
     let app = TestApp::spawn().await.unwrap();
     let (ada, token) = app.register("Ada").await;
-    let position: i64 = sqlx::query_scalar("SELECT max(position) FROM events")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let position = app.head_position().await;
     let request = app
         .request(Method::GET, &format!("/api/users/{ada}"), &token)
         .header("x-min-position", position.to_string())
@@ -813,10 +804,7 @@ async fn the_posts_queries_wait_for_both_the_posts_and_the_authors_models() {
     let app = TestApp::spawn().await.unwrap();
     let (ada, token) = app.register("Ada").await;
     let post = app.published_post(&token).await;
-    let position: i64 = sqlx::query_scalar("SELECT max(position) FROM events")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let position = app.head_position().await;
     author_row(&app, ada, "Ada").await;
     sqlx::query(
         "INSERT INTO rm_posts.posts (id, author_id, title, body, status, created_at,

@@ -275,19 +275,31 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        authenticate(state, bearer_token(parts)).await
+        match parts.extensions.remove::<VerifiedBearer>() {
+            Some(VerifiedBearer(verified)) => admit(state, verified).await,
+            None => authenticate(state, bearer_token(parts)).await,
+        }
     }
 }
+
+/// What the verifier said of the request's bearer token, kept by the rate limiter (which
+/// verifies it first, to know the principal) so the handler does not verify it again.
+#[derive(Clone)]
+pub struct VerifiedBearer(pub Result<Principal, &'static str>);
 
 /// The caller of `token` (none sent: 401 without an error code), recorded on the
 /// request's span, as Keel's policy allows it now.
 pub async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Principal, ApiError> {
     let token = token.ok_or(ApiError::Unauthenticated)?;
-    let principal = state
-        .verifier
-        .verify(token)
-        .await
-        .map_err(|reason| ApiError::Unauthorized(reason.to_owned()))?;
+    admit(state, state.verifier.verify(token).await).await
+}
+
+/// A verified token's principal as Keel's policy allows it now (a refused token: 401).
+async fn admit(
+    state: &AppState,
+    verified: Result<Principal, &'static str>,
+) -> Result<Principal, ApiError> {
+    let principal = verified.map_err(|reason| ApiError::Unauthorized(reason.to_owned()))?;
     tracing::Span::current().record("user_id", tracing::field::display(principal.user_id));
     state.policy.authorize(principal).await
 }

@@ -6,12 +6,12 @@
 //! place in the list or its line). The file is re-read while Keel runs
 //! ([`super::key_file`]), so keys rotate without a restart. Only names are ever logged.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
@@ -235,13 +235,8 @@ impl FromRequestParts<AppState> for ServiceCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        // Served without connection info (a test calling the router directly): one
-        // shared address for all.
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |info| info.0.ip());
-        state.service_keys.admit(ip, presented(&parts.headers))
+        let client = crate::rate_limit::client_key(&parts.extensions);
+        state.service_keys.admit(client, presented(&parts.headers))
     }
 }
 
