@@ -6,7 +6,7 @@
 --                checkpoint and the publisher's lease, reads the log and the read models;
 --   :projectors  projectors: read the log, own the read models (`rm_*`, rebuilt as fresh
 --                copies swapped in);
---   :relay       relay: reads the log (leases are advisory locks: no table).
+--   :relay       relay: reads the log, takes partition leases.
 -- No role may UPDATE, DELETE or TRUNCATE `events`, and only :api may INSERT into it.
 --
 -- The roles must exist (create them with their passwords as you keep secrets). Run this
@@ -36,6 +36,11 @@ GRANT INSERT ON events TO :"api";
 -- taken with SELECT ... FOR UPDATE).
 GRANT SELECT, INSERT, UPDATE, DELETE ON idempotency_keys TO :"api";
 GRANT SELECT, UPDATE ON outbox_checkpoint TO :"api";
+
+-- projectors and the relay: partition ownership (`events::lease`), taken, renewed and
+-- released by the instances themselves.
+GRANT SELECT, INSERT, UPDATE, DELETE ON consumer_members, partition_leases
+  TO :"projectors", :"relay";
 
 -- projectors: own the read models. A rebuild creates `rm_<name>_next` (CREATE on the
 -- database), then drops the live schema and renames the copy into its place (owner).

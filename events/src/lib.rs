@@ -10,6 +10,7 @@
 //! - [`event_log`]: append with optimistic concurrency and no-skip reads by position.
 //! - [`envelope`]: the CloudEvents 1.0 form of a logged event.
 //! - [`leader`]: one active instance among several (a Postgres advisory lock).
+//! - [`lease`]: P partitions shared by a consumer group's instances, one owner each, fenced.
 //! - [`nats`]: connecting to NATS as a principal; the dead-letter stream's names.
 //! - [`notification`]: what the relay derives from events, its Redis keys and offsets.
 //! - [`outbox`]: the publisher's checkpoint and republish requests (the log is the outbox).
@@ -25,6 +26,7 @@ pub mod envelope;
 pub mod event_log;
 pub mod ids;
 pub mod leader;
+pub mod lease;
 pub mod nats;
 pub mod notification;
 pub mod outbox;

@@ -105,9 +105,15 @@ pub fn redis_as(server: &str, principal: Principal) -> String {
     with_user_of(server, &principals().redis_url(principal))
 }
 
-/// `server` (any URL of a NATS server) with `principal`'s user and password.
+/// `server` (any URL of a NATS server, or several comma-separated, as `NATS_URL` takes
+/// them) with `principal`'s user and password.
 pub fn nats_as(server: &str, principal: Principal) -> String {
-    with_user_of(server, &principals().nats_url(principal))
+    let principal_url = principals().nats_url(principal);
+    server
+        .split(',')
+        .map(|one| with_user_of(one.trim(), &principal_url))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn with_user_of(server: &str, principal_url: &str) -> String {

@@ -1,5 +1,8 @@
 //! Reading a JetStream stream back, message by message, to compare it with the log.
 
+use std::collections::HashSet;
+use std::time::Duration;
+
 use async_nats::jetstream;
 
 /// One stored message: its stream sequence, `Nats-Msg-Id` and CloudEvent body.
@@ -63,4 +66,45 @@ pub async fn log_ids(pool: &sqlx::PgPool) -> anyhow::Result<Vec<String>> {
         .fetch_all(pool)
         .await?;
     Ok(ids.into_iter().map(|id| id.to_string()).collect())
+}
+
+/// Waits until the stream holds exactly the log, in order, and checks each message.
+pub async fn assert_equals_log(
+    nats_url: &str,
+    stream: &str,
+    pool: &sqlx::PgPool,
+    within: Duration,
+) {
+    let log = log_ids(pool).await.unwrap();
+    let expected = log.len() as u64;
+    crate::eventually(
+        within,
+        "the stream holds every logged event",
+        || async move {
+            let stored = count(nats_url, stream).await.map_err(|e| e.to_string())?;
+            if stored >= expected {
+                Ok(())
+            } else {
+                Err(format!("{stored} of {expected} events in the stream"))
+            }
+        },
+    )
+    .await;
+    let stored = messages(nats_url, stream).await.unwrap();
+    let ids: Vec<String> = stored.iter().map(|m| m.msg_id.clone()).collect();
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "no event twice in the stream");
+    assert_eq!(ids, log, "stream order equals log order");
+    for message in &stored {
+        assert_eq!(message.content_type, "application/cloudevents+json");
+        assert_eq!(message.body["id"], message.msg_id);
+        let parsed: cloudevents::Event =
+            serde_json::from_value(message.body.clone()).expect("a CloudEvent");
+        let ty = cloudevents::AttributesReader::ty(&parsed);
+        assert!(
+            message.subject.ends_with(&format!(".{ty}")),
+            "{} is not <prefix>.{ty}",
+            message.subject
+        );
+    }
 }

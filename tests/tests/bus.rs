@@ -9,54 +9,13 @@ use futures::future::join_all;
 use keel_tests::api_process::ApiProcess;
 use keel_tests::nats_server::NatsServer;
 use keel_tests::principals::{Principal, nats_as, nats_connect};
-use keel_tests::stream::{count, log_ids, messages};
+use keel_tests::stream::{assert_equals_log, count, log_ids, messages};
 use keel_tests::test_app::test_config;
 use keel_tests::{
     JwksServer, TestApp, eventually, fresh_database, prefill, unique_name, unique_subject_prefix,
 };
 use reqwest::Method;
 use serde_json::json;
-
-/// Waits until the stream holds exactly the log, in order, and checks each message.
-async fn assert_stream_equals_log(
-    nats_url: &str,
-    stream: &str,
-    pool: &sqlx::PgPool,
-    within: Duration,
-) {
-    let log = log_ids(pool).await.unwrap();
-    let expected = log.len() as u64;
-    eventually(
-        within,
-        "the stream holds every logged event",
-        || async move {
-            let stored = count(nats_url, stream).await.map_err(|e| e.to_string())?;
-            if stored >= expected {
-                Ok(())
-            } else {
-                Err(format!("{stored} of {expected} events in the stream"))
-            }
-        },
-    )
-    .await;
-    let stored = messages(nats_url, stream).await.unwrap();
-    let ids: Vec<String> = stored.iter().map(|m| m.msg_id.clone()).collect();
-    let unique: HashSet<&String> = ids.iter().collect();
-    assert_eq!(unique.len(), ids.len(), "no event twice in the stream");
-    assert_eq!(ids, log, "stream order equals log order");
-    for message in &stored {
-        assert_eq!(message.content_type, "application/cloudevents+json");
-        assert_eq!(message.body["id"], message.msg_id);
-        let parsed: cloudevents::Event =
-            serde_json::from_value(message.body.clone()).expect("a CloudEvent");
-        let ty = cloudevents::AttributesReader::ty(&parsed);
-        assert!(
-            message.subject.ends_with(&format!(".{ty}")),
-            "{} is not <prefix>.{ty}",
-            message.subject
-        );
-    }
-}
 
 #[tokio::test]
 async fn the_stream_equals_the_log_after_a_burst_of_concurrent_commands() {
@@ -83,7 +42,7 @@ async fn the_stream_equals_the_log_after_a_burst_of_concurrent_commands() {
     join_all(writers).await;
     assert_eq!(app.event_count().await, 16 * 8);
     let nats = app.nats_admin_url();
-    assert_stream_equals_log(&nats, &app.stream, &app.pool, Duration::from_secs(20)).await;
+    assert_equals_log(&nats, &app.stream, &app.pool, Duration::from_secs(20)).await;
     app.stop().await;
 }
 
@@ -131,7 +90,7 @@ async fn commands_succeed_while_nats_is_down_and_all_arrive_once_in_order_after(
     );
 
     nats.start_again().await.unwrap();
-    assert_stream_equals_log(&nats.url, &stream, &app.pool, Duration::from_secs(30)).await;
+    assert_equals_log(&nats.url, &stream, &app.pool, Duration::from_secs(30)).await;
     app.stop().await;
 }
 
@@ -250,7 +209,7 @@ async fn a_publisher_killed_mid_drain_neither_loses_nor_duplicates() {
         "the publisher was never killed mid-drain"
     );
     let _api = ApiProcess::spawn(&env).await.unwrap();
-    assert_stream_equals_log(&nats.url, &stream, &pool, Duration::from_secs(60)).await;
+    assert_equals_log(&nats.url, &stream, &pool, Duration::from_secs(60)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,7 +234,7 @@ async fn one_instance_publishes_at_a_time_and_another_takes_over_when_it_dies() 
     })
     .await;
     prefill(&pool, 2_000).await.unwrap();
-    assert_stream_equals_log(&nats.url, &stream, &pool, Duration::from_secs(30)).await;
+    assert_equals_log(&nats.url, &stream, &pool, Duration::from_secs(30)).await;
 
     let (dead, survivor) = if a == 1.0 {
         (first, second)
@@ -286,7 +245,7 @@ async fn one_instance_publishes_at_a_time_and_another_takes_over_when_it_dies() 
     dead.kill();
     prefill(&pool, 2_000).await.unwrap();
     leads(&survivor, Duration::from_secs(10), "the survivor leads").await;
-    assert_stream_equals_log(&nats.url, &stream, &pool, Duration::from_secs(30)).await;
+    assert_equals_log(&nats.url, &stream, &pool, Duration::from_secs(30)).await;
 }
 
 #[tokio::test]
@@ -303,7 +262,7 @@ async fn a_lost_stream_is_rebuilt_from_the_log_on_request() {
         .await;
     }
     let nats = app.nats_admin_url();
-    assert_stream_equals_log(&nats, &app.stream, &app.pool, Duration::from_secs(20)).await;
+    assert_equals_log(&nats, &app.stream, &app.pool, Duration::from_secs(20)).await;
 
     // JetStream loses the stream (PROMISES P19); Postgres still has everything.
     let context = async_nats::jetstream::new(nats_connect(&nats).await.unwrap());
@@ -312,7 +271,7 @@ async fn a_lost_stream_is_rebuilt_from_the_log_on_request() {
     events::outbox::request_republish(&app.pool, events::ids::Position(1))
         .await
         .unwrap();
-    assert_stream_equals_log(&nats, &app.stream, &app.pool, Duration::from_secs(20)).await;
+    assert_equals_log(&nats, &app.stream, &app.pool, Duration::from_secs(20)).await;
     app.stop().await;
 }
 
@@ -380,7 +339,7 @@ async fn projectors_tail_prints_the_stream_in_log_order() {
         json!({"name": "Ada L."}),
     )
     .await;
-    assert_stream_equals_log(
+    assert_equals_log(
         &app.nats_url,
         &app.stream,
         &app.pool,
@@ -420,7 +379,7 @@ async fn publishing_resumes_after_a_nats_restart_that_forgot_the_last_message_id
     let (mut nats, app, config) = app_on_own_nats().await;
     let stream = config.stream;
     let (id, token) = app.register("Ada").await;
-    assert_stream_equals_log(&nats.url, &stream, &app.pool, Duration::from_secs(20)).await;
+    assert_equals_log(&nats.url, &stream, &app.pool, Duration::from_secs(20)).await;
 
     // After a restart the server rebuilds "last message id" only from messages inside
     // the duplicate window. Shrink the window so the last message falls outside it.
@@ -451,7 +410,7 @@ async fn publishing_resumes_after_a_nats_restart_that_forgot_the_last_message_id
         )
         .await;
     assert_eq!(renamed.status(), 200);
-    assert_stream_equals_log(&nats.url, &stream, &app.pool, Duration::from_secs(30)).await;
+    assert_equals_log(&nats.url, &stream, &app.pool, Duration::from_secs(30)).await;
     app.stop().await;
 }
 
@@ -468,7 +427,7 @@ async fn a_stream_that_lost_its_tail_is_refilled_in_order() {
         )
         .await;
     }
-    assert_stream_equals_log(
+    assert_equals_log(
         &nats.url,
         &config.stream,
         &app.pool,
@@ -493,7 +452,7 @@ async fn a_stream_that_lost_its_tail_is_refilled_in_order() {
     let jwks = JwksServer::start().await.unwrap();
     config.jwks_url = jwks.url.clone();
     let second = TestApp::spawn_with(config, jwks).await.unwrap();
-    assert_stream_equals_log(&nats.url, &second.stream, &pool, Duration::from_secs(20)).await;
+    assert_equals_log(&nats.url, &second.stream, &pool, Duration::from_secs(20)).await;
     second.stop().await;
 }
 
@@ -518,8 +477,8 @@ async fn a_frozen_leader_loses_the_lead_and_the_stream_stays_exact() {
         "the second instance takes over",
     )
     .await;
-    assert_stream_equals_log(&nats.url, &stream, &pool, Duration::from_secs(30)).await;
+    assert_equals_log(&nats.url, &stream, &pool, Duration::from_secs(30)).await;
     first.signal("CONT");
     prefill(&pool, 500).await.unwrap();
-    assert_stream_equals_log(&nats.url, &stream, &pool, Duration::from_secs(30)).await;
+    assert_equals_log(&nats.url, &stream, &pool, Duration::from_secs(30)).await;
 }
