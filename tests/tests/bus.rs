@@ -2,14 +2,13 @@
 //! committed event exactly once, in log order, as a CloudEvent, across NATS outages,
 //! publisher crashes and leader changes.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use keel_tests::api_process::ApiProcess;
 use keel_tests::nats_server::NatsServer;
 use keel_tests::principals::{Principal, nats_as, nats_connect};
-use keel_tests::stream::{assert_equals_log, count, log_ids, messages};
+use keel_tests::stream::{assert_equals_log, count};
 use keel_tests::test_app::test_config;
 use keel_tests::{
     JwksServer, TestApp, eventually, fresh_database, prefill, unique_name, unique_subject_prefix,
