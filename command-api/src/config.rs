@@ -63,9 +63,17 @@ fn parse_seconds(s: &str) -> Result<Duration, std::num::ParseIntError> {
     s.parse().map(Duration::from_secs)
 }
 
-/// Keel command API: commands, queries, the internal API, health and metrics.
+/// Keel command API: commands, queries, the internal API, health and metrics, and the
+/// outbox publisher (the Postgres log -> JetStream) unless `--no-publisher`.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "command-api", version)]
+#[command(
+    name = "command-api",
+    version,
+    after_help = "Commands (each with its own --help):\n  \
+        publisher   run only the outbox publisher, without HTTP listeners\n  \
+        republish   ask the active publisher to publish the log again from a position\n  \
+        migrate     bring the schema up to date and exit"
+)]
 pub struct Config {
     /// Postgres: the event log and read models. The database is created if missing.
     #[arg(
@@ -171,6 +179,11 @@ pub struct Config {
     /// Comma-separated Origins allowed to open `/ws/notifications` from a browser.
     #[arg(long, env = "KEEL_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+
+    /// Run without the outbox publisher: only the HTTP listeners. Run
+    /// `command-api publisher` (or instances without this flag) to publish the log.
+    #[arg(long, env = "KEEL_NO_PUBLISHER", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_publisher: bool,
 
     /// JetStream stream name.
     #[arg(long, env = "KEEL_STREAM", default_value = "EVENTS")]

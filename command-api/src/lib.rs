@@ -3,7 +3,8 @@
 //! Pipeline: **HTTP command** -> decide (`events::domain`) -> **event log** (Postgres,
 //! which is also the outbox) -> publisher -> JetStream -> projectors / relay -> Redis
 //! -> WebSocket. This crate owns the first step, the reads of the log itself, and the
-//! queries that answer from the projectors' read models (and the Redis UI cache).
+//! queries that answer from the projectors' read models (and the Redis UI cache). It
+//! also starts the outbox publisher (the `publisher` crate) unless `--no-publisher`.
 //!
 //! - [`config`]: flags and environment. [`state`]: the handles handlers share.
 //! - [`auth`]: bearer JWTs against the cached JWKS, introspection for sensitive
@@ -13,7 +14,6 @@
 //!   RFC 9457. [`rate_limit`] and [`load`]: the limits every API request passes first.
 //! - [`commands`]: `If-Match`, `Idempotency-Key`, metadata, responses.
 //! - [`writer`]: group commit of commands into the log.
-//! - [`publisher`], [`bus`]: the outbox publisher (log -> JetStream, one active instance).
 //! - [`consistency`]: `X-Min-Position` (read your writes) and read-model snapshots.
 //! - [`cache`]: the Redis UI cache, bounded by a short timeout and failing open.
 //! - The endpoints, each with `router()`: [`users`] (the User commands and the user
@@ -24,12 +24,11 @@
 //!   page at `/` that shows them.
 //! - [`app`] (the public listener) and [`internal_app`] (the internal listener:
 //!   `/internal/*`, `/metrics`, health) merge the routers and layers; [`build`] binds
-//!   both and starts everything.
+//!   both and wires everything, the publisher included unless `--no-publisher`.
 
 pub mod auth;
 pub mod authors;
 pub mod body;
-pub mod bus;
 pub mod cache;
 pub mod commands;
 pub mod config;
@@ -46,7 +45,6 @@ pub mod page;
 pub mod policy;
 pub mod post_reads;
 pub mod posts;
-pub mod publisher;
 pub mod query;
 pub mod rate_limit;
 pub mod request_id;
@@ -128,7 +126,7 @@ pub enum StartError {
     #[error(transparent)]
     Nats(events::nats::ConnectError),
     #[error(transparent)]
-    Stream(#[from] bus::StreamError),
+    Stream(#[from] publisher::StreamError),
     #[error("cannot build the JWKS client")]
     Jwks(#[source] auth::jwks::FetchError),
     #[error("{variable} {reason}")]
@@ -161,7 +159,8 @@ pub struct Application {
     background: JoinSet<()>,
     stop_background: CancellationToken,
     writer: writer::Writer,
-    publisher: publisher::Publisher,
+    /// `None` with `--no-publisher`.
+    publisher: Option<publisher::Publisher>,
     hub: Arc<notifications::hub::Hub>,
 }
 
@@ -230,28 +229,24 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
         config.jwt_issuer.clone(),
         audiences,
     ));
-    let jetstream = async_nats::jetstream::new(nats.clone());
-    let bus = bus::Bus {
-        stream: config.stream.clone(),
-        subject_prefix: config.subject_prefix.clone(),
-    };
-    // An incompatible stream stops the start; an unreachable NATS does not (commands
-    // keep working, the publisher provisions the stream when NATS is back).
-    match tokio::time::timeout(Duration::from_secs(3), bus.ensure_stream(&jetstream)).await {
-        Ok(Err(error @ bus::StreamError::Incompatible { .. })) => return Err(error.into()),
-        Ok(Err(error)) => {
-            tracing::warn!(error = %error, "jetstream stream not ready; the publisher retries")
-        }
-        Err(_) => tracing::warn!("nats not reachable at start; the publisher retries"),
-        Ok(Ok(_)) => {}
-    }
     let metrics = Arc::new(metrics::Metrics::default());
-    let publisher = publisher::Publisher {
-        pool: pool.clone(),
-        database_url: config.database_url.clone(),
-        jetstream,
-        bus,
-        metrics: metrics.clone(),
+    let publisher = if config.no_publisher {
+        tracing::info!("no outbox publisher in this instance (--no-publisher)");
+        None
+    } else {
+        let jetstream = async_nats::jetstream::new(nats.clone());
+        let stream = publisher::EventStream {
+            name: config.stream.clone(),
+            subject_prefix: config.subject_prefix.clone(),
+        };
+        stream.provision(&jetstream).await?;
+        Some(publisher::Publisher {
+            pool: pool.clone(),
+            database_url: config.database_url.clone(),
+            jetstream,
+            stream,
+            progress: metrics.publisher.clone(),
+        })
     };
     let hub = Arc::new(
         notifications::hub::Hub::new(
@@ -382,7 +377,9 @@ impl Application {
             hub,
         } = self;
         let writer = tokio::spawn(writer.run());
-        background.spawn(publisher.run(stop_background.clone()));
+        if let Some(publisher) = publisher {
+            background.spawn(publisher.run(stop_background.clone()));
+        }
         tracing::info!(addr = %listener.local_addr()?, "command-api listening");
         tracing::info!(
             addr = %internal_listener.local_addr()?,

@@ -1,4 +1,6 @@
-//! `command-api`: reads its configuration, serves until SIGTERM or Ctrl-C.
+//! `command-api`: reads its configuration, serves (and publishes the outbox, unless
+//! `--no-publisher`) until SIGTERM or Ctrl-C.
+//! `command-api publisher`: runs only the outbox publisher, until SIGTERM or Ctrl-C.
 //! `command-api republish --from <position>`: asks the active publisher to publish the
 //! log again from that position (after JetStream lost data).
 //! `command-api migrate`: brings the schema up to date, as its owner, and exits.
@@ -11,7 +13,7 @@ use command_api::Config;
 /// crash dropped acknowledged messages). Events still in the stream and older than its
 /// duplicate window would be stored twice: start at the first missing position.
 #[derive(Parser)]
-#[command(name = "command-api republish")]
+#[command(name = "command-api republish", bin_name = "command-api republish")]
 struct Republish {
     /// First position to publish again (see `GET /api/events`).
     #[arg(long)]
@@ -28,7 +30,7 @@ struct Republish {
 /// as the schema's owner before starting processes whose `DATABASE_URL` holds only the
 /// rights of `scripts/postgres-roles.sql` (then run that script again).
 #[derive(Parser)]
-#[command(name = "command-api migrate")]
+#[command(name = "command-api migrate", bin_name = "command-api migrate")]
 struct Migrate {
     /// The schema owner's URL; unset: `DATABASE_URL`.
     #[arg(long, env = "KEEL_MIGRATE_DATABASE_URL", hide_env_values = true)]
@@ -45,6 +47,15 @@ struct Migrate {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     events::process::init_logging();
+    if std::env::args().nth(1).as_deref() == Some("publisher") {
+        let config = publisher::Config::parse_from(std::env::args().skip(1));
+        let publisher = publisher::build(&config).await?;
+        tracing::info!("outbox publisher running, without HTTP listeners");
+        publisher
+            .run_until_stopped(events::process::shutdown_signal())
+            .await;
+        return Ok(());
+    }
     if std::env::args().nth(1).as_deref() == Some("republish") {
         let args = Republish::parse_from(std::env::args().skip(1));
         let pool = sqlx::PgPool::connect(&args.database_url).await?;

@@ -1,7 +1,7 @@
-//! `/metrics`: Prometheus text. Counters live in [`Metrics`]; the outbox depth is read
-//! from Postgres at scrape time.
+//! `/metrics`: Prometheus text. Counters live in [`Metrics`] (the publisher's in its own
+//! progress handle); the outbox depth is read from Postgres at scrape time.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
@@ -15,20 +15,9 @@ use events::{event_log, outbox};
 
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Events this instance published and JetStream acknowledged.
-    pub published: AtomicU64,
-    /// Whether this instance is the active publisher.
-    pub leader: AtomicBool,
-}
-
-impl Metrics {
-    pub fn add_published(&self, n: u64) {
-        self.published.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn set_leader(&self, leader: bool) {
-        self.leader.store(leader, Ordering::Relaxed);
-    }
+    /// The outbox publisher's progress on this instance (it stays at zero, not leading,
+    /// with `--no-publisher`).
+    pub publisher: Arc<publisher::Progress>,
 }
 
 pub fn router() -> Router<AppState> {
@@ -66,8 +55,8 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
          # TYPE keel_ws_evicted_total counter\n\
          keel_ws_evicted_total {evicted}\n",
         depth = (head.0 - checkpoint.0).max(0),
-        published = m.published.load(Ordering::Relaxed),
-        leader = u8::from(m.leader.load(Ordering::Relaxed)),
+        published = m.publisher.published(),
+        leader = u8::from(m.publisher.is_leader()),
         sockets = state.hub.sockets(),
         evicted = state.hub.evictions(),
     );

@@ -31,6 +31,11 @@ impl ApiProcess {
     /// Starts the binary with `env` (plus a free port for each listener) and waits until
     /// it answers.
     pub async fn spawn(env: &[(&str, String)]) -> anyhow::Result<Self> {
+        Self::spawn_with_args(&[], env).await
+    }
+
+    /// The same, with command-line `args` (e.g. `--no-publisher`).
+    pub async fn spawn_with_args(args: &[&str], env: &[(&str, String)]) -> anyhow::Result<Self> {
         let binary = binary();
         anyhow::ensure!(
             binary.exists(),
@@ -39,6 +44,7 @@ impl ApiProcess {
         );
         let (port, internal_port) = (free_port()?, free_port()?);
         let child = Command::new(binary)
+            .args(args)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("KEEL_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("KEEL_INTERNAL_ADDR", format!("127.0.0.1:{internal_port}"))

@@ -277,6 +277,7 @@ pub fn test_config(database_url: String, jwks: &JwksServer) -> command_api::Conf
         service_keys: SERVICE_KEY.parse().unwrap_or_default(),
         service_keys_file: None,
         allowed_origins: vec![],
+        no_publisher: false,
         stream: unique_name("EVENTS_TEST"),
         subject_prefix: unique_subject_prefix(),
         jwks_refresh: Duration::from_secs(300),

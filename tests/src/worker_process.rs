@@ -1,5 +1,7 @@
 //! A worker binary (`projectors`, `relay`) as a child process on the test app's database,
-//! stream, subjects and Redis, as its own principal, for tests that SIGKILL it.
+//! stream, subjects and Redis, as its own principal, or any binary without listeners
+//! (`command-api publisher`) with the given arguments and environment; for tests that
+//! SIGKILL it.
 
 use std::process::{Child, Command, Stdio};
 
@@ -18,22 +20,32 @@ impl WorkerProcess {
 
     /// The same, connected to Postgres through `database_url` (e.g. as another role).
     pub fn spawn_on(binary: &str, app: &TestApp, database_url: &str) -> Self {
+        let principal = match binary {
+            "relay" => Principal::Relay,
+            _ => Principal::Projectors,
+        };
+        let env = [
+            ("DATABASE_URL", database_url.to_owned()),
+            ("NATS_URL", app.nats_url_of(principal)),
+            ("REDIS_URL", app.redis_url_of(principal)),
+            ("KEEL_STREAM", app.stream.clone()),
+            ("KEEL_SUBJECT_PREFIX", app.subject_prefix.clone()),
+        ];
+        Self::spawn_command(binary, &[], &env)
+    }
+
+    /// `target/debug/<binary> <args>` with `env`, e.g. `command-api publisher`: a process
+    /// without listeners, so nothing is awaited.
+    pub fn spawn_command(binary: &str, args: &[&str], env: &[(&str, String)]) -> Self {
         let path = crate::api_process::binary_named(binary);
         assert!(
             path.exists(),
             "{} is missing: run `cargo build --workspace --bins`",
             path.display()
         );
-        let principal = match binary {
-            "relay" => Principal::Relay,
-            _ => Principal::Projectors,
-        };
         let child = Command::new(path)
-            .env("DATABASE_URL", database_url)
-            .env("NATS_URL", app.nats_url_of(principal))
-            .env("REDIS_URL", app.redis_url_of(principal))
-            .env("KEEL_STREAM", &app.stream)
-            .env("KEEL_SUBJECT_PREFIX", &app.subject_prefix)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -8,15 +8,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use command_api::bus::{self, Bus};
-use command_api::metrics::Metrics;
-use command_api::publisher::{Publisher, WINDOW};
 use futures::StreamExt;
 use keel_tests::principals::{Principal, nats_connect, principals};
 use keel_tests::test_app::test_config;
 use keel_tests::{
     JwksServer, TestApp, fresh_database, prefill, unique_name, unique_subject_prefix,
 };
+use publisher::message::Message;
+use publisher::outbox_publisher::WINDOW;
+use publisher::{EventStream, Progress, Publisher};
 use reqwest::Method;
 use tokio_util::sync::CancellationToken;
 
@@ -29,46 +29,49 @@ async fn nats(principal: Principal) -> anyhow::Result<async_nats::Client> {
 }
 
 /// Events/s of Keel's publisher draining `events` pre-filled events.
-async fn drain_rate(events: usize) -> anyhow::Result<(f64, String, Bus)> {
+async fn drain_rate(events: usize) -> anyhow::Result<(f64, String, EventStream)> {
     let database_url = fresh_database().await?;
     let pool = events::database::open(&database_url, None, 8).await?;
     prefill(&pool, events).await?;
     let context = jetstream::new(nats(Principal::CommandApi).await?);
-    let bus = Bus {
-        stream: unique_name("BENCH"),
+    let stream = EventStream {
+        name: unique_name("BENCH"),
         subject_prefix: unique_subject_prefix(),
     };
-    let metrics = Arc::new(Metrics::default());
+    let progress = Arc::new(Progress::default());
     let publisher = Publisher {
         pool,
         database_url: database_url.clone(),
         jetstream: context,
-        bus: bus.clone(),
-        metrics: metrics.clone(),
+        stream: stream.clone(),
+        progress: progress.clone(),
     };
     let stop = CancellationToken::new();
     let started = Instant::now();
     let running = tokio::spawn(publisher.run(stop.clone()));
-    while metrics.published.load(std::sync::atomic::Ordering::Relaxed) < events as u64 {
+    while progress.published() < events as u64 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let rate = events as f64 / started.elapsed().as_secs_f64();
     stop.cancel();
     running.await?;
-    Ok((rate, database_url, bus))
+    Ok((rate, database_url, stream))
 }
 
 /// Events/s of a bare publisher: the same messages, built beforehand, the same window.
-async fn bare_rate(database_url: &str, source: &Bus) -> anyhow::Result<f64> {
+async fn bare_rate(database_url: &str, source: &EventStream) -> anyhow::Result<f64> {
     let pool = sqlx::PgPool::connect(database_url).await?;
     let events = events::event_log::read_all(&pool, events::ids::Position(0), i64::MAX).await?;
-    let bus = Bus {
-        stream: unique_name("BENCH_BARE"),
+    let stream = EventStream {
+        name: unique_name("BENCH_BARE"),
         subject_prefix: unique_subject_prefix(),
     };
     let context = jetstream::new(nats(Principal::CommandApi).await?);
-    bus.ensure_stream(&context).await?;
-    let messages: Vec<bus::Message> = events.iter().map(|e| bus::message(&bus, e, None)).collect();
+    stream.ensure(&context).await?;
+    let messages: Vec<Message> = events
+        .iter()
+        .map(|e| Message::new(&stream, e, None))
+        .collect();
     let started = Instant::now();
     let mut messages = messages.into_iter().peekable();
     while messages.peek().is_some() {
@@ -85,8 +88,8 @@ async fn bare_rate(database_url: &str, source: &Bus) -> anyhow::Result<f64> {
         }
     }
     let rate = events.len() as f64 / started.elapsed().as_secs_f64();
-    for stream in [&bus.stream, &source.stream] {
-        let _ = context.delete_stream(stream).await;
+    for name in [&stream.name, &source.name] {
+        let _ = context.delete_stream(name).await;
     }
     Ok(rate)
 }

@@ -17,6 +17,7 @@
 //! - **Wake-up.** Appends NOTIFY `keel_appended`; the publisher also polls every second,
 //!   so a lost notification only delays, never loses.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,8 +26,9 @@ use sqlx::Connection;
 use sqlx::postgres::{PgConnection, PgListener, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{self, Bus, Expect, StreamError};
-use crate::metrics::Metrics;
+use crate::message::{Expect, Message};
+use crate::progress::Progress;
+use crate::stream::{EventStream, StreamError};
 use events::ids::Position;
 use events::{event_log, outbox};
 
@@ -53,14 +55,14 @@ pub enum PublishError {
 
 /// Where publishing resumes: the last published position, and the stream's last
 /// sequence (what the next fresh batch expects to follow).
-pub struct Cursor {
+pub struct ResumePoint {
     pub position: Position,
     pub last_sequence: u64,
     /// The next batch, read and built while the previous one's acks were awaited.
     ahead: Option<Prepared>,
 }
 
-impl Cursor {
+impl ResumePoint {
     pub fn new(position: Position, last_sequence: u64) -> Self {
         Self {
             position,
@@ -72,7 +74,7 @@ impl Cursor {
 
 /// A batch ready to send: its messages, chained, and where it ends.
 struct Prepared {
-    messages: Vec<bus::Message>,
+    messages: Vec<Message>,
     last_position: Position,
     last_msg_id: String,
 }
@@ -89,8 +91,9 @@ pub struct Publisher {
     pub pool: PgPool,
     pub database_url: String,
     pub jetstream: jetstream::Context,
-    pub bus: Bus,
-    pub metrics: Arc<Metrics>,
+    pub stream: EventStream,
+    /// Updated as it leads and publishes; the host process exports it.
+    pub progress: Arc<Progress>,
 }
 
 impl Publisher {
@@ -105,12 +108,22 @@ impl Publisher {
             if let Err(error) = led {
                 tracing::warn!(error = %error, cause = ?std::error::Error::source(&error), "publisher stepped down; retrying");
             }
-            self.metrics.set_leader(false);
+            self.progress.set_leader(false);
             tokio::select! {
                 () = stop.cancelled() => {}
                 () = tokio::time::sleep(POLL) => {}
             }
         }
+    }
+
+    /// Runs until `shutdown` resolves (the publisher as its own process).
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
+        let stop = CancellationToken::new();
+        let stopping = stop.clone();
+        tokio::join!(self.run(stop), async move {
+            shutdown.await;
+            stopping.cancel();
+        });
     }
 
     async fn lead(&self, stop: &CancellationToken) -> Result<(), PublishError> {
@@ -119,23 +132,23 @@ impl Publisher {
         if !events::leader::acquire(&mut leader, LEADER_LOCK, LEADER_IDLE, POLL, stop).await? {
             return Ok(());
         }
-        self.metrics.set_leader(true);
-        tracing::info!(stream = %self.bus.stream, "this instance is the active publisher");
+        self.progress.set_leader(true);
+        tracing::info!(stream = %self.stream.name, "this instance is the active publisher");
         let mut listener = PgListener::connect(&self.database_url).await?;
         listener.listen(outbox::APPENDED_CHANNEL).await?;
-        let mut stream = self.bus.ensure_stream(&self.jetstream).await?;
-        let mut cursor = resume(&mut stream, &mut leader).await?;
+        let mut stream = self.stream.ensure(&self.jetstream).await?;
+        let mut resume_point = resume(&mut stream, &mut leader).await?;
         while !stop.is_cancelled() {
             if let Some(from) = outbox::take_republish_request(&mut leader).await? {
-                stream = self.bus.ensure_stream(&self.jetstream).await?;
+                stream = self.stream.ensure(&self.jetstream).await?;
                 let resumed = resume(&mut stream, &mut leader).await?;
                 // Never behind what the stream already holds: that would store twice.
                 let position = Position((from.0 - 1).max(0)).max(resumed.position);
                 tracing::info!(from = position.0 + 1, "republishing the log");
                 outbox::rewind(&mut leader, position).await?;
-                cursor = Cursor::new(position, resumed.last_sequence);
+                resume_point = ResumePoint::new(position, resumed.last_sequence);
             }
-            if self.publish_batch(&mut leader, &mut cursor).await? == 0 {
+            if self.publish_batch(&mut leader, &mut resume_point).await? == 0 {
                 tokio::select! {
                     () = stop.cancelled() => {}
                     woke = listener.recv() => {
@@ -168,7 +181,7 @@ impl Publisher {
                 (Some(id), _) | (None, After::MsgId(id)) => Expect::LastMsgId(id),
                 (None, After::Sequence(sequence)) => Expect::LastSequence(*sequence),
             };
-            messages.push(bus::message(&self.bus, event, Some(expect)));
+            messages.push(Message::new(&self.stream, event, Some(expect)));
             previous = Some(event.event_id.to_string());
         }
         Ok(Some(Prepared {
@@ -178,18 +191,21 @@ impl Publisher {
         }))
     }
 
-    /// Publishes the next batch after `cursor` and records the checkpoint; returns how
+    /// Publishes the next batch after `resume_point` and records the checkpoint; returns how
     /// many events were published (0 when the log has nothing new). While JetStream
     /// acknowledges the batch, the next one is read and built.
     pub async fn publish_batch(
         &self,
         checkpoint: &mut PgConnection,
-        cursor: &mut Cursor,
+        resume_point: &mut ResumePoint,
     ) -> Result<usize, PublishError> {
-        let prepared = match cursor.ahead.take() {
+        let prepared = match resume_point.ahead.take() {
             Some(prepared) => prepared,
             None => match self
-                .prepare(cursor.position, After::Sequence(cursor.last_sequence))
+                .prepare(
+                    resume_point.position,
+                    After::Sequence(resume_point.last_sequence),
+                )
                 .await?
             {
                 Some(prepared) => prepared,
@@ -220,13 +236,17 @@ impl Publisher {
             )
         );
         if let Some(sequence) = acknowledged? {
-            cursor.last_sequence = sequence;
+            resume_point.last_sequence = sequence;
         }
-        cursor.ahead = ahead.ok().flatten();
-        cursor.position = prepared.last_position;
-        self.metrics.add_published(count as u64);
-        outbox::advance(checkpoint, cursor.position).await?;
-        tracing::debug!(events = count, position = cursor.position.0, "published");
+        resume_point.ahead = ahead.ok().flatten();
+        resume_point.position = prepared.last_position;
+        self.progress.add_published(count as u64);
+        outbox::advance(checkpoint, resume_point.position).await?;
+        tracing::debug!(
+            events = count,
+            position = resume_point.position.0,
+            "published"
+        );
         Ok(count)
     }
 }
@@ -263,7 +283,7 @@ async fn last_position(
 pub async fn resume(
     stream: &mut stream::Stream,
     checkpoint: &mut PgConnection,
-) -> Result<Cursor, PublishError> {
+) -> Result<ResumePoint, PublishError> {
     let saved = outbox::checkpoint(&mut *checkpoint).await?;
     let state = stream
         .info()
@@ -292,5 +312,5 @@ pub async fn resume(
     if position != saved {
         outbox::rewind(&mut *checkpoint, position).await?;
     }
-    Ok(Cursor::new(position, state.last_sequence))
+    Ok(ResumePoint::new(position, state.last_sequence))
 }

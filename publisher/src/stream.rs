@@ -1,5 +1,5 @@
-//! The JetStream side of the outbox: the stream Keel publishes to, and each event as a
-//! structured-mode CloudEvent message.
+//! The stream Keel publishes to and its dead-letter stream: provisioned, and checked
+//! against what Keel needs.
 //!
 //! Durability (PROMISES P18): the stream uses file storage, a duplicate window of at
 //! least two minutes, and discards nothing by itself (no limits; `DiscardPolicy::New`
@@ -10,20 +10,18 @@
 
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
-use bytes::Bytes;
-
-use events::envelope;
-use events::event_log::RecordedEvent;
 
 /// The shortest duplicate window Keel accepts on its stream.
 pub const MIN_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
-/// Where events go: the stream and the subject prefix (`<prefix>.<type>`).
+/// How long provisioning at start may wait for NATS before the publisher takes over.
+const PROVISION_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Where events go: the stream's name and the subject prefix (`<prefix>.<type>`).
 #[derive(Debug, Clone)]
-pub struct Bus {
-    pub stream: String,
+pub struct EventStream {
+    pub name: String,
     pub subject_prefix: String,
 }
 
@@ -45,14 +43,14 @@ pub enum StreamError {
     },
 }
 
-impl Bus {
+impl EventStream {
     pub fn subject(&self, event_type: &str) -> String {
         format!("{}.{event_type}", self.subject_prefix)
     }
 
     fn config(&self) -> stream::Config {
         stream::Config {
-            name: self.stream.clone(),
+            name: self.name.clone(),
             subjects: vec![format!("{}.>", self.subject_prefix)],
             storage: stream::StorageType::File,
             retention: stream::RetentionPolicy::Limits,
@@ -66,9 +64,9 @@ impl Bus {
 
     /// Creates the stream and its dead-letter stream, or checks and updates existing
     /// ones. An existing stream with memory storage, or that cannot take Keel's subjects,
-    /// is an error. The command API manages both: the projectors and the relay may only
-    /// consume the one and publish to the other.
-    pub async fn ensure_stream(
+    /// is an error. The publisher manages both (as the command API's NATS user): the
+    /// projectors and the relay may only consume the one and publish to the other.
+    pub async fn ensure(
         &self,
         context: &jetstream::Context,
     ) -> Result<stream::Stream, StreamError> {
@@ -77,13 +75,28 @@ impl Bus {
         Ok(stream)
     }
 
+    /// Provisioning at start: an incompatible stream stops the start (the error); an
+    /// unreachable NATS does not (commands keep working, and the publisher provisions the
+    /// streams when NATS is back).
+    pub async fn provision(&self, context: &jetstream::Context) -> Result<(), StreamError> {
+        match tokio::time::timeout(PROVISION_TIMEOUT, self.ensure(context)).await {
+            Ok(Err(error @ StreamError::Incompatible { .. })) => return Err(error),
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, "jetstream stream not ready; the publisher retries")
+            }
+            Err(_) => tracing::warn!("nats not reachable at start; the publisher retries"),
+            Ok(Ok(_)) => {}
+        }
+        Ok(())
+    }
+
     /// The dead-letter stream `<stream>_DLQ` on `dlq.<prefix>.>`: file storage, kept
     /// until removed, created if missing.
     async fn ensure_dead_letter_stream(
         &self,
         context: &jetstream::Context,
     ) -> Result<(), StreamError> {
-        let name = events::nats::dead_letter_stream(&self.stream);
+        let name = events::nats::dead_letter_stream(&self.name);
         let subjects = events::nats::dead_letter_subjects(&self.subject_prefix);
         context
             .get_or_create_stream(stream::Config {
@@ -106,12 +119,12 @@ impl Bus {
         context: &jetstream::Context,
     ) -> Result<stream::Stream, StreamError> {
         let wanted = self.config();
-        let Ok(mut existing) = context.get_stream(&self.stream).await else {
+        let Ok(mut existing) = context.get_stream(&self.name).await else {
             return context
                 .create_stream(wanted)
                 .await
                 .map_err(|source| StreamError::Create {
-                    stream: self.stream.clone(),
+                    stream: self.name.clone(),
                     source,
                 });
         };
@@ -119,7 +132,7 @@ impl Bus {
             .info()
             .await
             .map_err(|source| StreamError::Read {
-                stream: self.stream.clone(),
+                stream: self.name.clone(),
                 source: Box::new(source),
             })?
             .config
@@ -144,63 +157,18 @@ impl Bus {
                 .map_err(|e| self.incompatible(&e.to_string()))?;
         }
         context
-            .get_stream(&self.stream)
+            .get_stream(&self.name)
             .await
             .map_err(|source| StreamError::Read {
-                stream: self.stream.clone(),
+                stream: self.name.clone(),
                 source: Box::new(source),
             })
     }
 
     fn incompatible(&self, reason: &str) -> StreamError {
         StreamError::Incompatible {
-            stream: self.stream.clone(),
+            stream: self.name.clone(),
             reason: reason.to_owned(),
         }
-    }
-}
-
-/// The NATS message of one event: headers and CloudEvents JSON body.
-pub struct Message {
-    pub subject: String,
-    pub headers: HeaderMap,
-    pub payload: Bytes,
-}
-
-/// What the server must find at the end of the stream before it stores a message: a gap
-/// (a lost earlier publish) is refused instead of stored out of order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expect<'a> {
-    /// The stream's last sequence: for the first message after a (re)start or a pause.
-    /// The server keeps this across restarts, unlike the last message id, which it
-    /// rebuilds only from messages inside the duplicate window.
-    LastSequence(u64),
-    /// The previous message's id: within a batch, where sequences are not known yet.
-    LastMsgId(&'a str),
-}
-
-/// Builds the message, chained by `expect` when given.
-pub fn message(bus: &Bus, event: &RecordedEvent, expect: Option<Expect<'_>>) -> Message {
-    let body = envelope::to_bytes(event);
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        async_nats::header::NATS_MESSAGE_ID,
-        event.event_id.to_string().as_str(),
-    );
-    headers.insert("content-type", "application/cloudevents+json");
-    match expect {
-        Some(Expect::LastSequence(sequence)) => headers.insert(
-            async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
-            sequence.to_string().as_str(),
-        ),
-        Some(Expect::LastMsgId(id)) => {
-            headers.insert(async_nats::header::NATS_EXPECTED_LAST_MESSAGE_ID, id)
-        }
-        None => {}
-    }
-    Message {
-        subject: bus.subject(&event.event_type),
-        headers,
-        payload: Bytes::from(body),
     }
 }
