@@ -193,6 +193,11 @@ pub struct Config {
     #[arg(long, env = "KEEL_SUBJECT_PREFIX", default_value = "events")]
     pub subject_prefix: String,
 
+    /// JetStream replicas of the stream and its dead-letter stream: 1, or 3 on a
+    /// cluster (a running stream is moved to the new count).
+    #[arg(long, env = "KEEL_STREAM_REPLICAS", default_value = "1", value_parser = publisher::stream::parse_replicas)]
+    pub stream_replicas: usize,
+
     /// Seconds between background refreshes of the JWKS.
     #[arg(long, env = "KEEL_JWKS_REFRESH_SECS", default_value = "300", value_parser = parse_seconds)]
     pub jwks_refresh: Duration,

@@ -238,6 +238,7 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
         let stream = publisher::EventStream {
             name: config.stream.clone(),
             subject_prefix: config.subject_prefix.clone(),
+            replicas: config.stream_replicas,
         };
         stream.provision(&jetstream).await?;
         Some(publisher::Publisher {

@@ -57,7 +57,16 @@ pub async fn connect(
             .await
             .map_err(ConnectError::Creds)?;
     }
-    options.connect(url).await.map_err(ConnectError::Connect)
+    options
+        .connect(servers(url))
+        .await
+        .map_err(ConnectError::Connect)
+}
+
+/// The servers of `NATS_URL`: one URL, or several comma-separated (a cluster's nodes;
+/// the client connects to one and fails over to the others).
+pub fn servers(url: &str) -> Vec<&str> {
+    url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
 }
 
 #[cfg(test)]
@@ -70,6 +79,14 @@ mod tests {
         assert_eq!(
             credentials("nats://127.0.0.1:4222, nats://keel-relay:s3cret@127.0.0.1:4223"),
             Some(("keel-relay".to_owned(), "s3cret".to_owned()))
+        );
+    }
+
+    #[test]
+    fn several_servers_are_comma_separated() {
+        assert_eq!(
+            servers("nats://a:4222, nats://b:4222,"),
+            ["nats://a:4222", "nats://b:4222"]
         );
     }
 

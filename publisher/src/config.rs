@@ -50,4 +50,9 @@ pub struct Config {
     /// Subject prefix: events go to `<prefix>.<type>`.
     #[arg(long, env = "KEEL_SUBJECT_PREFIX", default_value = "events")]
     pub subject_prefix: String,
+
+    /// JetStream replicas of the stream and its dead-letter stream: 1, or 3 on a
+    /// cluster (a running stream is moved to the new count).
+    #[arg(long, env = "KEEL_STREAM_REPLICAS", default_value = "1", value_parser = crate::stream::parse_replicas)]
+    pub stream_replicas: usize,
 }

@@ -62,6 +62,7 @@ pub async fn build(config: &Config) -> Result<Publisher, StartError> {
     let stream = EventStream {
         name: config.stream.clone(),
         subject_prefix: config.subject_prefix.clone(),
+        replicas: config.stream_replicas,
     };
     stream.provision(&jetstream).await?;
     Ok(Publisher {

@@ -23,6 +23,17 @@ const PROVISION_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct EventStream {
     pub name: String,
     pub subject_prefix: String,
+    /// JetStream replicas of the stream and its dead-letter stream (`KEEL_STREAM_REPLICAS`).
+    pub replicas: usize,
+}
+
+/// `KEEL_STREAM_REPLICAS`: 1 (a single server) or 3 (a cluster of three or more).
+pub fn parse_replicas(text: &str) -> Result<usize, String> {
+    match text.trim() {
+        "1" => Ok(1),
+        "3" => Ok(3),
+        other => Err(format!("{other:?} is not 1 or 3")),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +67,7 @@ impl EventStream {
             retention: stream::RetentionPolicy::Limits,
             discard: stream::DiscardPolicy::New,
             duplicate_window: MIN_DUPLICATE_WINDOW,
-            num_replicas: 1,
+            num_replicas: self.replicas,
             allow_direct: true,
             ..Default::default()
         }
@@ -104,6 +115,7 @@ impl EventStream {
                 subjects: vec![format!("{subjects}.>")],
                 storage: stream::StorageType::File,
                 duplicate_window: MIN_DUPLICATE_WINDOW,
+                num_replicas: self.replicas,
                 ..Default::default()
             })
             .await
@@ -145,10 +157,15 @@ impl EventStream {
                 "its retention is not `limits` (or it is sealed): events could be dropped",
             ));
         }
-        if current.subjects != wanted.subjects || current.duplicate_window < MIN_DUPLICATE_WINDOW {
+        if current.subjects != wanted.subjects
+            || current.duplicate_window < MIN_DUPLICATE_WINDOW
+            || current.num_replicas != wanted.num_replicas
+        {
+            // JetStream moves a stream between one and three replicas in place.
             let updated = stream::Config {
                 subjects: wanted.subjects.clone(),
                 duplicate_window: current.duplicate_window.max(MIN_DUPLICATE_WINDOW),
+                num_replicas: wanted.num_replicas,
                 ..current
             };
             context

@@ -80,8 +80,20 @@ impl NatsCluster {
                     let client = principals::nats_connect(&admin)
                         .await
                         .map_err(|e| e.to_string())?;
-                    jetstream::new(client)
-                        .query_account()
+                    // A replicated stream can be made once the cluster has a meta leader.
+                    let context = jetstream::new(client);
+                    let probe = format!("PROBE_{}", uuid::Uuid::new_v4().simple());
+                    context
+                        .create_stream(jetstream::stream::Config {
+                            name: probe.clone(),
+                            subjects: vec![format!("probe.{probe}")],
+                            num_replicas: NODES,
+                            ..Default::default()
+                        })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    context
+                        .delete_stream(&probe)
                         .await
                         .map(drop)
                         .map_err(|e| e.to_string())

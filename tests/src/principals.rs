@@ -131,5 +131,5 @@ pub async fn nats_connect(url: &str) -> Result<async_nats::Client, async_nats::C
     if let Some((user, password)) = events::nats::credentials(url) {
         options = options.user_and_password(user, password);
     }
-    options.connect(url).await
+    options.connect(events::nats::servers(url)).await
 }

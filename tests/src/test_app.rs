@@ -280,6 +280,7 @@ pub fn test_config(database_url: String, jwks: &JwksServer) -> command_api::Conf
         no_publisher: false,
         stream: unique_name("EVENTS_TEST"),
         subject_prefix: unique_subject_prefix(),
+        stream_replicas: 1,
         jwks_refresh: Duration::from_secs(300),
         jwks_cooldown: Duration::from_secs(30),
         db_pool_size: 4,

@@ -37,6 +37,7 @@ async fn drain_rate(events: usize) -> anyhow::Result<(f64, String, EventStream)>
     let stream = EventStream {
         name: unique_name("BENCH"),
         subject_prefix: unique_subject_prefix(),
+        replicas: 1,
     };
     let progress = Arc::new(Progress::default());
     let publisher = Publisher {
@@ -65,6 +66,7 @@ async fn bare_rate(database_url: &str, source: &EventStream) -> anyhow::Result<f
     let stream = EventStream {
         name: unique_name("BENCH_BARE"),
         subject_prefix: unique_subject_prefix(),
+        replicas: 1,
     };
     let context = jetstream::new(nats(Principal::CommandApi).await?);
     stream.ensure(&context).await?;
