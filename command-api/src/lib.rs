@@ -11,8 +11,10 @@
 //!   (revocations, roles and standing in Keel), kept current from the log.
 //! - [`request_id`], [`error`], [`body`], [`query`], [`validation`]: the request edge,
 //!   RFC 9457. [`rate_limit`] and [`load`]: the limits every API request passes first.
-//! - [`commands`]: `If-Match`, `Idempotency-Key`, metadata, responses.
-//! - [`writer`]: group commit of commands into the log.
+//! - [`commands`]: `If-Match`, `Idempotency-Key`, metadata, and the HTTP response to
+//!   the writer's outcome (status, body, `ETag`, `Location`).
+//! - [`writer`]: group commit of commands into the log, with the aggregate cache and
+//!   the idempotency keys; it answers a typed outcome.
 //! - [`publisher`], [`bus`]: the outbox publisher (log -> JetStream, one active instance).
 //! - [`consistency`]: `X-Min-Position` (read your writes) and read-model snapshots.
 //! - [`ui_cache`]: the Redis UI cache, bounded by a short timeout and failing open.
@@ -343,7 +345,7 @@ async fn purge_idempotency_keys(pool: PgPool, stop: CancellationToken) {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(3600)) => {}
         }
-        match writer::purge_expired_keys(&pool).await {
+        match writer::idempotency::purge_expired_keys(&pool).await {
             Ok(purged) => tracing::info!(purged, "expired idempotency keys purged"),
             Err(error) => tracing::warn!(error = %error, "purging idempotency keys failed"),
         }
