@@ -1,20 +1,25 @@
 //! What every command endpoint shares: `If-Match`, `Idempotency-Key`, metadata, the
-//! hand-over to the writer, and the response (`ETag`, `Location`, `Idempotent-Replayed`).
+//! hand-over to the writer, and the response to its outcome (status, body, `ETag`,
+//! `Location`, `Idempotent-Replayed`).
+
+use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::auth::Principal;
 use crate::error::{ApiError, FieldError};
 use crate::request_id::RequestId;
 use crate::state::AppState;
-use crate::writer::{CommandError, IdempotencyKey, Outcome, Submission};
+use crate::writer::idempotency::{IdempotencyKey, Idempotent, StoredResponse};
+use crate::writer::{AppendedEvent, CommandError, Outcome, Recorded, Submission};
 use events::domain::Command;
 use events::event_log::Metadata;
-use events::ids::Version;
+use events::ids::{EventId, Position, Version};
 
 pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -78,6 +83,62 @@ impl Answer {
             stamped: false,
         }
     }
+
+    /// The response to a recorded command: 201 if it created something, else 200; the
+    /// body names the stream, its version and position and the events appended.
+    fn render(&self, recorded: &Recorded) -> StoredResponse {
+        let events: Vec<EventJson> = recorded.events.iter().map(EventJson::from).collect();
+        let mut body = serde_json::json!({
+            "id": recorded.stream.aggregate_id(),
+            "stream_id": recorded.stream.to_string(),
+            "version": recorded.version,
+            "position": recorded.position,
+            "events": events,
+        });
+        if let Some(fields) = body.as_object_mut() {
+            for (name, value) in &self.extra {
+                fields.insert((*name).to_owned(), value.clone());
+            }
+            if self.stamped {
+                fields.insert(
+                    "created_at".to_owned(),
+                    serde_json::json!(recorded.recorded_at),
+                );
+            }
+        }
+        StoredResponse {
+            // A command that creates something but appended nothing (a repeated
+            // revocation) created nothing.
+            status: if self.created && !recorded.events.is_empty() {
+                201
+            } else {
+                200
+            },
+            location: self.location.clone(),
+            body,
+        }
+    }
+}
+
+/// An appended event in a command's response.
+#[derive(Serialize)]
+struct EventJson {
+    id: EventId,
+    #[serde(rename = "type")]
+    event_type: &'static str,
+    version: Version,
+    position: Position,
+}
+
+impl From<&AppendedEvent> for EventJson {
+    fn from(event: &AppendedEvent) -> Self {
+        Self {
+            id: event.id,
+            event_type: event.event_type,
+            version: event.version,
+            position: event.position,
+        }
+    }
 }
 
 impl CommandContext {
@@ -102,7 +163,16 @@ async fn execute(
     answer: Answer,
 ) -> Result<Response, ApiError> {
     let if_match = if_match(&context.headers)?;
-    let idempotency = idempotency_key(context, body)?;
+    let answer = Arc::new(answer);
+    // With a key, the writer renders the response to keep (before it commits) just as
+    // the answer below is rendered.
+    let idempotency = idempotency_key(context, body)?.map(|key| {
+        let answer = answer.clone();
+        Idempotent {
+            key,
+            render: Box::new(move |recorded| answer.render(recorded)),
+        }
+    });
     let submission = Submission {
         principal: context.principal.user_id,
         admin: context.principal.is_admin(),
@@ -110,10 +180,6 @@ async fn execute(
         if_match,
         idempotency,
         metadata: metadata(context),
-        created_status: answer.created,
-        location: answer.location,
-        extra: answer.extra,
-        stamped: answer.stamped,
     };
     match state.writer.submit(submission).await {
         Ok(outcome) => {
@@ -124,7 +190,10 @@ async fn execute(
                     tracing::warn!(error = %error, "reading policy events failed");
                 }
             }
-            Ok(respond(outcome))
+            Ok(match outcome {
+                Outcome::Recorded(recorded) => respond(answer.render(&recorded), false),
+                Outcome::Replayed(stored) => respond(stored, true),
+            })
         }
         Err(CommandError::Domain(error)) => Err(error.into()),
         Err(CommandError::PreconditionFailed { current }) => {
@@ -142,35 +211,38 @@ async fn execute(
     }
 }
 
-/// Whether the command appended an event that changes what tokens may do.
+/// Whether the command appended an event that changes what tokens may do (a replay's
+/// too: the answer that first reported it may have been lost before this instance
+/// caught up).
 fn changes_policy(outcome: &Outcome) -> bool {
-    outcome.body["events"].as_array().is_some_and(|events| {
-        events.iter().any(|e| {
-            e["type"]
-                .as_str()
-                .is_some_and(|t| events::policy::EVENT_TYPES.contains(&t))
-        })
-    })
+    let is_policy = |t: &str| events::policy::EVENT_TYPES.contains(&t);
+    match outcome {
+        Outcome::Recorded(recorded) => recorded.events.iter().any(|e| is_policy(e.event_type)),
+        Outcome::Replayed(stored) => stored.body["events"].as_array().is_some_and(|events| {
+            events
+                .iter()
+                .any(|e| e["type"].as_str().is_some_and(is_policy))
+        }),
+    }
 }
 
-fn respond(outcome: Outcome) -> Response {
-    let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::OK);
-    let version = outcome
+/// The HTTP response: the status, the body, `ETag` (the body's version), `Location`, and
+/// `Idempotent-Replayed: true` for a replay.
+fn respond(stored: StoredResponse, replayed: bool) -> Response {
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    let version = stored
         .body
         .get("version")
         .and_then(serde_json::Value::as_i64);
-    let mut response = (status, axum::Json(outcome.body)).into_response();
+    let mut response = (status, axum::Json(stored.body)).into_response();
     let headers = response.headers_mut();
     if let Some(etag) = version.and_then(|v| HeaderValue::from_str(&format!("\"{v}\"")).ok()) {
         headers.insert(header::ETAG, etag);
     }
-    if let Some(location) = outcome
-        .location
-        .and_then(|l| HeaderValue::from_str(&l).ok())
-    {
+    if let Some(location) = stored.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
         headers.insert(header::LOCATION, location);
     }
-    if outcome.replayed {
+    if replayed {
         headers.insert(
             IDEMPOTENT_REPLAYED.clone(),
             HeaderValue::from_static("true"),
@@ -258,5 +330,78 @@ fn metadata(context: &CommandContext) -> Metadata {
         actor_id: Some(context.principal.user_id),
         request_id: Some(request_id),
         traceparent: header_text(&context.headers, &TRACEPARENT, 55),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use events::ids::{PostId, StreamId};
+
+    fn recorded(events: usize) -> Recorded {
+        let stream = StreamId::post(PostId::new());
+        Recorded {
+            stream,
+            version: Version(events as i64),
+            position: Position(7),
+            events: (1..=events)
+                .map(|v| AppendedEvent {
+                    id: EventId::new(),
+                    event_type: "post.created",
+                    version: Version(v as i64),
+                    position: Position(7),
+                })
+                .collect(),
+            recorded_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_creating_command_answers_201_with_its_extra_fields_and_stamp() {
+        let answer = Answer {
+            extra: vec![("comment_id", serde_json::json!("c"))],
+            stamped: true,
+            ..Answer::created("/api/posts/p".to_owned())
+        };
+        let recorded = recorded(1);
+        let response = answer.render(&recorded);
+        assert_eq!(response.status, 201);
+        assert_eq!(response.location.as_deref(), Some("/api/posts/p"));
+        assert_eq!(
+            response.body,
+            serde_json::json!({
+                "id": recorded.stream.aggregate_id(),
+                "stream_id": recorded.stream.to_string(),
+                "version": 1,
+                "position": 7,
+                "events": [{
+                    "id": recorded.events[0].id,
+                    "type": "post.created",
+                    "version": 1,
+                    "position": 7,
+                }],
+                "comment_id": "c",
+                "created_at": recorded.recorded_at,
+            })
+        );
+    }
+
+    #[test]
+    fn a_creating_command_that_appended_nothing_answers_200() {
+        let answer = Answer::created("/api/admin/revocations".to_owned());
+        assert_eq!(answer.render(&recorded(0)).status, 200);
+        assert_eq!(Answer::ok().render(&recorded(1)).status, 200);
+    }
+
+    #[test]
+    fn the_response_carries_the_version_as_etag_and_marks_a_replay() {
+        let stored = Answer::created("/api/posts/p".to_owned()).render(&recorded(1));
+        let fresh = respond(stored.clone(), false);
+        assert_eq!(fresh.status(), StatusCode::CREATED);
+        assert_eq!(fresh.headers()[header::ETAG], "\"1\"");
+        assert_eq!(fresh.headers()[header::LOCATION], "/api/posts/p");
+        assert!(!fresh.headers().contains_key(&IDEMPOTENT_REPLAYED));
+        let replayed = respond(stored, true);
+        assert_eq!(replayed.headers()[&IDEMPOTENT_REPLAYED], "true");
     }
 }

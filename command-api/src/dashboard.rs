@@ -68,7 +68,7 @@ async fn dashboard(
     let user = principal.user_id;
     let key = read_model::dashboard_key(&state.stream, user);
     let wanted = min_position.position();
-    let lookup = match state.cache.get(&key).await {
+    let lookup = match state.ui_cache.get(&key).await {
         Ok(Some(text)) => match serde_json::from_str::<Cached>(&text) {
             Ok(cached) if cached.position >= wanted => return Ok(answer(cached.body, Lookup::Hit)),
             // Older than the client has seen: read the model once it is there.
@@ -104,7 +104,7 @@ async fn dashboard(
             body,
         };
         let text = serde_json::to_string(&cached).map_err(ApiError::internal)?;
-        if let Err(error) = state.cache.set(&key, &text, DASHBOARD_TTL_SECS).await {
+        if let Err(error) = state.ui_cache.set(&key, &text, DASHBOARD_TTL_SECS).await {
             tracing::warn!(
                 error = %error,
                 cause = ?error.source(),

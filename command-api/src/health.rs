@@ -41,7 +41,7 @@ async fn nats_up(state: &AppState) -> bool {
 
 /// On the cache's shared connection: a probe never opens a connection of its own.
 async fn redis_up(state: &AppState) -> bool {
-    state.cache.ping().await.is_ok()
+    state.ui_cache.ping().await.is_ok()
 }
 
 /// Which dependency is down, if any: Postgres, NATS, Redis, in that order.

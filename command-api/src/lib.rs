@@ -12,13 +12,15 @@
 //!   (revocations, roles and standing in Keel), kept current from the log.
 //! - [`request_id`], [`error`], [`body`], [`query`], [`validation`]: the request edge,
 //!   RFC 9457. [`rate_limit`] and [`load`]: the limits every API request passes first.
-//! - [`commands`]: `If-Match`, `Idempotency-Key`, metadata, responses.
-//! - [`writer`]: group commit of commands into the log.
+//! - [`commands`]: `If-Match`, `Idempotency-Key`, metadata, and the HTTP response to
+//!   the writer's outcome (status, body, `ETag`, `Location`).
+//! - [`writer`]: group commit of commands into the log, with the aggregate cache and
+//!   the idempotency keys; it answers a typed outcome.
 //! - [`consistency`]: `X-Min-Position` (read your writes) and read-model snapshots.
-//! - [`cache`]: the Redis UI cache, bounded by a short timeout and failing open.
+//! - [`ui_cache`]: the Redis UI cache, bounded by a short timeout and failing open.
 //! - The endpoints, each with `router()`: [`users`] (the User commands and the user
 //!   read), [`posts`] (the Blog commands), [`revocations`], [`authors`], [`post_reads`],
-//!   [`dashboard`], [`internal`] (queries of the read models), [`history`], [`health`],
+//!   [`dashboard`], [`internal`] (queries of the read models), [`log_reads`], [`health`],
 //!   [`metrics`].
 //! - [`notifications`]: the WebSocket hub at `/ws/notifications`; [`page`]: the browser
 //!   page at `/` that shows them.
@@ -29,16 +31,15 @@
 pub mod auth;
 pub mod authors;
 pub mod body;
-pub mod cache;
 pub mod commands;
 pub mod config;
 pub mod consistency;
 pub mod dashboard;
 pub mod error;
 pub mod health;
-pub mod history;
 pub mod internal;
 pub mod load;
+pub mod log_reads;
 pub mod metrics;
 pub mod notifications;
 pub mod page;
@@ -50,6 +51,7 @@ pub mod rate_limit;
 pub mod request_id;
 pub mod revocations;
 pub mod state;
+pub mod ui_cache;
 pub mod users;
 pub mod validation;
 pub mod writer;
@@ -83,7 +85,7 @@ pub fn app(state: AppState) -> Router {
         .merge(authors::router())
         .merge(post_reads::router())
         .merge(dashboard::router())
-        .merge(history::router())
+        .merge(log_reads::router())
         .merge(notifications::router())
         .merge(page::router())
         .layer(axum::middleware::from_fn(validation::check_headers))
@@ -214,7 +216,7 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
             .map_err(StartError::Policy)?,
     );
     let redis = ca.redis(&config.redis_url).map_err(StartError::Redis)?;
-    let cache = cache::Cache::new(redis.clone()).map_err(StartError::Redis)?;
+    let ui_cache = ui_cache::UiCache::new(redis.clone()).map_err(StartError::Redis)?;
     let nats = events::nats::connect(ca.nats(), &config.nats_url, config.nats_creds.as_deref())
         .await
         .map_err(StartError::Nats)?;
@@ -272,7 +274,7 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
         introspection,
         service_keys: service_keys.clone(),
         nats,
-        cache,
+        ui_cache,
         stream: Arc::from(config.stream.as_str()),
         metrics,
         hub: hub.clone(),
@@ -339,7 +341,7 @@ async fn purge_idempotency_keys(pool: PgPool, stop: CancellationToken) {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(3600)) => {}
         }
-        match writer::purge_expired_keys(&pool).await {
+        match writer::idempotency::purge_expired_keys(&pool).await {
             Ok(purged) => tracing::info!(purged, "expired idempotency keys purged"),
             Err(error) => tracing::warn!(error = %error, "purging idempotency keys failed"),
         }

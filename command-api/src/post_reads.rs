@@ -45,12 +45,12 @@ struct AuthorRef {
 /// Where a page ends: the `(published_at, id)` of its last post. On the wire it is
 /// opaque: URL-safe base64 of `<microseconds since the epoch>.<post id>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Cursor {
+struct PageCursor {
     published_at: DateTime<Utc>,
     id: PostId,
 }
 
-impl Cursor {
+impl PageCursor {
     fn encode(self) -> String {
         URL_SAFE_NO_PAD.encode(format!(
             "{}.{}",
@@ -81,7 +81,7 @@ struct Page {
 struct ParsedPage {
     author: Option<UserId>,
     limit: i64,
-    after: Option<Cursor>,
+    after: Option<PageCursor>,
 }
 
 impl Page {
@@ -103,7 +103,7 @@ impl Page {
                 0
             }
         };
-        let after = match self.cursor.as_deref().map(Cursor::decode) {
+        let after = match self.cursor.as_deref().map(PageCursor::decode) {
             None => None,
             Some(Some(cursor)) => Some(cursor),
             Some(None) => {
@@ -189,11 +189,11 @@ async fn list(
     let next_cursor = rows
         .last()
         .filter(|_| more)
-        .map(|last| Cursor {
+        .map(|last| PageCursor {
             published_at: last.published_at,
             id: last.id,
         })
-        .map(Cursor::encode);
+        .map(PageCursor::encode);
     let items = rows
         .into_iter()
         .map(|row| Summary {
@@ -328,7 +328,7 @@ mod tests {
 
     #[test]
     fn a_cursor_round_trips_and_garbage_is_no_cursor() {
-        let cursor = Cursor {
+        let cursor = PageCursor {
             published_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
             id: PostId::new(),
         };
@@ -337,14 +337,14 @@ mod tests {
             text.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         );
-        assert_eq!(Cursor::decode(&text), Some(cursor));
+        assert_eq!(PageCursor::decode(&text), Some(cursor));
         for bad in [
             "",
             "!!",
             "bm90LWEtY3Vyc29y",
             &URL_SAFE_NO_PAD.encode("12.xyz"),
         ] {
-            assert_eq!(Cursor::decode(bad), None, "{bad}");
+            assert_eq!(PageCursor::decode(bad), None, "{bad}");
         }
     }
 }

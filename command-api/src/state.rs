@@ -8,12 +8,12 @@ use tokio::sync::Semaphore;
 use crate::auth::Verifier;
 use crate::auth::introspection::Introspection;
 use crate::auth::service_key::Keyring;
-use crate::cache::Cache;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
 use crate::notifications::hub::Hub;
 use crate::policy::Policy;
 use crate::rate_limit::RateLimits;
+use crate::ui_cache::UiCache;
 use crate::writer::WriterHandle;
 
 #[derive(Clone)]
@@ -29,7 +29,7 @@ pub struct AppState {
     pub service_keys: Arc<Keyring>,
     pub nats: async_nats::Client,
     /// The UI cache (the dashboard), on Redis.
-    pub cache: Cache,
+    pub ui_cache: UiCache,
     /// The JetStream stream name, which also namespaces the cache keys.
     pub stream: Arc<str>,
     pub metrics: Arc<Metrics>,

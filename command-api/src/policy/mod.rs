@@ -19,9 +19,10 @@
 //! **A stale refill never undoes a change.** A user's policy is loaded with the log
 //! position of its snapshot, and cached only if the tail has not applied any policy
 //! event past that position meanwhile: a load that read the old state and lands after
-//! the tail evicted the user is used for its one request and dropped (see [`Cache`]).
+//! the tail evicted the user is used for its one request and dropped (see
+//! [`CachedPolicy`]).
 
-mod cache;
+mod cached;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -35,7 +36,7 @@ use crate::error::ApiError;
 use events::ids::UserId;
 use events::policy::{self, Invalidation, Revocation, UserPolicy};
 
-pub use cache::{Applied, Cache};
+pub use cached::{Applied, CachedPolicy};
 
 /// How often the tail reads the log even when nothing woke it.
 pub const TAIL_EVERY: Duration = Duration::from_millis(500);
@@ -65,7 +66,7 @@ enum Standing {
 /// The authorization state of this instance.
 pub struct Policy {
     pool: PgPool,
-    cache: Mutex<Cache>,
+    cache: Mutex<CachedPolicy>,
     /// When the tail last read the log successfully.
     confirmed: Mutex<Instant>,
     /// One tail at a time.
@@ -90,7 +91,7 @@ impl Policy {
                 Revocation::Token { jti, expires_at } => Some((jti, expires_at)),
                 Revocation::User { .. } => None,
             });
-        let cache = Cache::new(head, revoked);
+        let cache = CachedPolicy::new(head, revoked);
         tx.commit().await?;
         Ok(Self {
             pool,
@@ -102,7 +103,7 @@ impl Policy {
         })
     }
 
-    fn cache(&self) -> MutexGuard<'_, Cache> {
+    fn cache(&self) -> MutexGuard<'_, CachedPolicy> {
         self.cache
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -14,7 +14,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_millis(250);
 const CONNECTION_TIMEOUT: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
-pub enum CacheError {
+pub enum UiCacheError {
     #[error("redis did not answer within {CALL_TIMEOUT:?}")]
     Timeout,
     #[error("the redis call failed")]
@@ -23,7 +23,7 @@ pub enum CacheError {
 
 /// A handle on the cache; cheap to clone (clones share the connection).
 #[derive(Clone)]
-pub struct Cache {
+pub struct UiCache {
     client: redis::Client,
     connection: Arc<RwLock<ConnectionManager>>,
 }
@@ -38,7 +38,7 @@ fn lazy_connection(client: &redis::Client) -> Result<ConnectionManager, redis::R
     ConnectionManager::new_lazy_with_config(client.clone(), config)
 }
 
-impl Cache {
+impl UiCache {
     /// Does not connect: the API starts, and answers, while Redis is down.
     pub fn new(client: redis::Client) -> Result<Self, redis::RedisError> {
         let connection = lazy_connection(&client)?;
@@ -68,30 +68,33 @@ impl Cache {
         }
     }
 
-    async fn call<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, CacheError> {
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        command: &redis::Cmd,
+    ) -> Result<T, UiCacheError> {
         let mut connection = self.current();
         let error =
             match tokio::time::timeout(CALL_TIMEOUT, command.query_async(&mut connection)).await {
                 Ok(Ok(value)) => return Ok(value),
-                Ok(Err(error)) => CacheError::Redis(error),
-                Err(_) => CacheError::Timeout,
+                Ok(Err(error)) => UiCacheError::Redis(error),
+                Err(_) => UiCacheError::Timeout,
             };
         self.replace_connection();
         Err(error)
     }
 
     /// Whether Redis answers, on the shared connection.
-    pub async fn ping(&self) -> Result<(), CacheError> {
+    pub async fn ping(&self) -> Result<(), UiCacheError> {
         self.call::<String>(&redis::cmd("PING")).await.map(drop)
     }
 
     /// The value at `key`, if there is one.
-    pub async fn get(&self, key: &str) -> Result<Option<String>, CacheError> {
+    pub async fn get(&self, key: &str) -> Result<Option<String>, UiCacheError> {
         self.call(redis::cmd("GET").arg(key)).await
     }
 
     /// Stores `value` at `key` for `ttl_secs` seconds.
-    pub async fn set(&self, key: &str, value: &str, ttl_secs: u64) -> Result<(), CacheError> {
+    pub async fn set(&self, key: &str, value: &str, ttl_secs: u64) -> Result<(), UiCacheError> {
         self.call(
             redis::cmd("SET")
                 .arg(key)

@@ -1,4 +1,4 @@
-//! The cache itself: what it holds, and the rule that keeps a stale read out of it.
+//! The cached policy: what it holds, and the rule that keeps a stale read out of it.
 //! Pure (no I/O), so every interleaving of the log, the tail and requests can be tested.
 
 use std::collections::HashMap;
@@ -12,7 +12,7 @@ use events::policy::{Invalidation, UserPolicy};
 
 /// The cached policy and how far into the log it reflects.
 #[derive(Debug, Default)]
-pub struct Cache {
+pub struct CachedPolicy {
     users: HashMap<UserId, Arc<UserPolicy>>,
     /// Revoked `jti` -> until when (Unix seconds).
     revoked: HashMap<Arc<str>, i64>,
@@ -21,7 +21,7 @@ pub struct Cache {
     applied: Position,
 }
 
-impl Cache {
+impl CachedPolicy {
     /// A cache that reflects the log up to `head`, with the revoked tokens as of then.
     pub fn new(head: Position, revoked: impl IntoIterator<Item = (String, i64)>) -> Self {
         Self {
@@ -141,7 +141,7 @@ mod tests {
     #[test]
     fn a_read_older_than_an_applied_event_is_not_cached() {
         let user = UserId::new();
-        let mut cache = Cache::new(Position(10), []);
+        let mut cache = CachedPolicy::new(Position(10), []);
         // A request read the user at position 12; meanwhile the tail applied a demotion
         // at 13 (evicting nothing yet cached). The old read must not be cached.
         cache.apply(Position(13), &Applied::User(user));
@@ -154,7 +154,7 @@ mod tests {
 
     #[test]
     fn revoked_tokens_stay_revoked_until_their_expiry() {
-        let mut cache = Cache::new(Position(0), [("a".to_owned(), 100)]);
+        let mut cache = CachedPolicy::new(Position(0), [("a".to_owned(), 100)]);
         cache.apply(
             Position(1),
             &Applied::Token {
@@ -209,7 +209,7 @@ mod tests {
         #[test]
         fn a_stale_refill_never_undoes_an_applied_change(steps in steps()) {
             let user = UserId::new();
-            let mut cache = Cache::new(Position(0), []);
+            let mut cache = CachedPolicy::new(Position(0), []);
             let (mut committed, mut tailed) = (0_i64, 0_i64);
             let mut reads: Vec<(Position, i64)> = Vec::new();
             for step in steps {
