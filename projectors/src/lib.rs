@@ -1,27 +1,27 @@
 //! Keel's projector workers: they consume the JetStream stream that the command API's
 //! outbox publisher fills (command -> log -> outbox -> **JetStream -> projectors** ->
 //! read models, and the UI cache in Redis) and build the read models the query endpoints
-//! serve. Any model can be rebuilt from the Postgres log.
+//! serve. Any model can be rebuilt from the Postgres log. The consumer plumbing (durable
+//! consumer, batches, settling, retries, dead letters) is the `bus` crate's.
 //!
 //! - [`config`]: flags and environment.
-//! - [`projector`]: one projection's live loop (durable pull consumer, batches, retries,
-//!   dead letters). [`ledger`]: exactly-once, in-order effects per stream.
+//! - [`projector`]: one projection's live loop: a batch in one transaction, an event that
+//!   keeps failing dead-lettered. [`ledger`]: exactly-once, in-order effects per stream.
 //!   [`models`]: what each event changes in each model.
 //! - [`rebuild`]: replay the log into a fresh model and swap it in.
 //! - [`operations`]: `status`, `dead-letters list|replay`.
-//! - [`dead_letter_queue`]: the `<stream>_DLQ` stream. [`cache`]: dashboard invalidation.
+//! - [`ui_cache`]: dashboard invalidation and policy announcements in Redis.
 //! - [`tail`]: prints the stream as it arrives (an operator's window on the bus).
 //! - [`build`] opens everything and returns [`Workers`], which run until stopped.
 
-pub mod cache;
 pub mod config;
-pub mod dead_letter_queue;
 pub mod ledger;
 pub mod models;
 pub mod operations;
 pub mod projector;
 pub mod rebuild;
 pub mod tail;
+pub mod ui_cache;
 
 use std::sync::Arc;
 
@@ -29,38 +29,22 @@ use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::Cache;
 pub use crate::config::Config;
-use crate::dead_letter_queue::DeadLetterQueue;
 use crate::projector::Projector;
+use crate::ui_cache::UiCache;
+use bus::{ConnectError, DeadLetterQueue};
 use events::read_model::Projection;
 
 /// Connections per process: one per projection's batch, plus idle checkpoints.
 pub const POOL_SIZE: u32 = 8;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Database(#[from] events::database::OpenError),
-    #[error(transparent)]
-    Tls(#[from] events::tls::CaFileError),
-    #[error("invalid REDIS_URL")]
-    Redis(#[source] redis::RedisError),
-    #[error(transparent)]
-    Nats(events::nats::ConnectError),
-}
-
 /// Opens the database (created and migrated if needed) and the cache.
-pub async fn open(config: &Config) -> Result<(PgPool, Cache), StartError> {
-    let ca = events::tls::PrivateCa::load(config.tls_ca_file.as_deref())?;
-    let pool = events::database::open(
-        &config.database_url,
-        config.migrate_database_url.as_deref(),
-        POOL_SIZE,
-    )
-    .await?;
-    let redis = ca.redis(&config.redis_url).map_err(StartError::Redis)?;
-    Ok((pool, Cache::new(redis, config.stream.clone())))
+pub async fn open(config: &Config) -> Result<(PgPool, UiCache), ConnectError> {
+    let settings = &config.bus;
+    let ca = settings.private_ca()?;
+    let pool = settings.database(POOL_SIZE).await?;
+    let redis = settings.redis(&ca)?;
+    Ok((pool, UiCache::new(redis, settings.stream.clone())))
 }
 
 /// The projections of one process, ready to run.
@@ -70,23 +54,20 @@ pub struct Workers {
 
 /// Opens Postgres, NATS (retried in the background while it is away) and Redis, and
 /// prepares a projector per projection in `projections`.
-pub async fn build(config: &Config, projections: &[Projection]) -> Result<Workers, StartError> {
+pub async fn build(config: &Config, projections: &[Projection]) -> Result<Workers, ConnectError> {
     let (pool, cache) = open(config).await?;
     let cache = Arc::new(cache);
-    let ca = events::tls::PrivateCa::load(config.tls_ca_file.as_deref())?;
-    let nats = events::nats::connect(ca.nats(), &config.nats_url, config.nats_creds.as_deref())
-        .await
-        .map_err(StartError::Nats)?;
-    let jetstream = async_nats::jetstream::new(nats);
+    let settings = &config.bus;
+    let jetstream = settings.jetstream(&settings.private_ca()?).await?;
     let projectors = projections
         .iter()
         .map(|projection| Projector {
             projection: *projection,
             pool: pool.clone(),
             jetstream: jetstream.clone(),
-            stream: config.stream.clone(),
-            subject_prefix: config.subject_prefix.clone(),
-            dead_letters: DeadLetterQueue::of(&config.subject_prefix),
+            stream: settings.stream.clone(),
+            subject_prefix: settings.subject_prefix.clone(),
+            dead_letters: DeadLetterQueue::of(&settings.subject_prefix),
             cache: cache.clone(),
         })
         .collect();

@@ -136,15 +136,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Tail { count, idle_secs } => {
-            projectors::tail::run(
-                events::tls::PrivateCa::load(config.tls_ca_file.as_deref())?.nats(),
-                &config.nats_url,
-                config.nats_creds.as_deref(),
-                &config.stream,
-                count,
-                Duration::from_secs(idle_secs),
-            )
-            .await?;
+            projectors::tail::run(&config.bus, count, Duration::from_secs(idle_secs)).await?;
         }
     }
     Ok(())

@@ -4,10 +4,10 @@
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::cache::Cache;
 use crate::ledger::{self, ApplyError};
 use crate::models;
-use crate::projector::chain;
+use crate::ui_cache::UiCache;
+use bus::chain;
 use events::event_log::{self, RecordedEvent};
 use events::read_model::{self, Projection};
 
@@ -124,7 +124,7 @@ pub struct Replayed {
 pub async fn replay_dead_letters(
     pool: &PgPool,
     projections: &[Projection],
-    cache: &Cache,
+    cache: &UiCache,
 ) -> Result<Replayed, sqlx::Error> {
     let mut replayed = Replayed::default();
     for letter in dead_letters(pool, projections).await? {

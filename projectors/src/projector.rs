@@ -1,5 +1,5 @@
-//! One projection's live loop: a durable pull consumer (`projector-<name>`) on the event
-//! stream, applied in batches.
+//! One projection's live loop: a durable pull consumer (`projector-<name>`, `bus`) on the
+//! event stream, applied in batches.
 //!
 //! A batch is applied in one Postgres transaction together with its bookkeeping (versions
 //! per stream, checkpoint), then acknowledged; a crash before the commit leaves nothing
@@ -12,14 +12,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer};
-use futures::StreamExt;
+use async_nats::jetstream;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::Cache;
-use crate::dead_letter_queue::{DeadLetterError, DeadLetterQueue, Letter};
 use crate::ledger::{self, ApplyError, Outcome};
+use crate::ui_cache::UiCache;
+use bus::pull::stream_sequence;
+use bus::{
+    Backoff, Batching, DeadLetterError, DeadLetterQueue, Durable, Letter, Next, ProvisionError,
+    Pull, PullError, chain, retry_until, settle,
+};
 use events::envelope;
 use events::event_log::RecordedEvent;
 use events::ids::{AggregateKind, UserId};
@@ -36,27 +39,28 @@ pub const EARLY_DELAY: Duration = Duration::from_millis(500);
 pub const ATTEMPTS: u32 = 5;
 /// The pause after the first failed try; it doubles each time.
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The pauses between tries of an event, and before consuming again after a failure.
+pub const BACKOFF: Backoff = Backoff {
+    first: FIRST_BACKOFF,
+    max: Duration::from_secs(5),
+};
 /// How long a batch waits for more messages once its first one arrived.
 pub const LINGER: Duration = Duration::from_millis(5);
+/// Messages pulled and applied at once.
+pub const BATCHING: Batching = Batching {
+    fetch: BATCH,
+    max: BATCH,
+    linger: LINGER,
+};
 /// With nothing arriving for this long, the checkpoint is brought up to the log's head.
 pub const IDLE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectorError {
-    #[error("the event stream {stream} is not available")]
-    Stream {
-        stream: String,
-        #[source]
-        source: jetstream::context::GetStreamError,
-    },
-    #[error("cannot create or open the durable consumer {consumer}")]
-    Consumer {
-        consumer: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("consuming the stream failed")]
-    Consume(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
+    #[error(transparent)]
+    Pull(#[from] PullError),
     #[error(transparent)]
     DeadLetter(#[from] DeadLetterError),
     #[error("the read model's database is unavailable")]
@@ -74,7 +78,7 @@ pub struct Projector {
     pub stream: String,
     pub subject_prefix: String,
     pub dead_letters: DeadLetterQueue,
-    pub cache: Arc<Cache>,
+    pub cache: Arc<UiCache>,
 }
 
 type Delivery = (jetstream::Message, RecordedEvent);
@@ -86,116 +90,42 @@ impl Projector {
 
     /// Consumes until `stop`; reconnects with backoff whatever fails.
     pub async fn run(self, stop: CancellationToken) {
-        let mut backoff = FIRST_BACKOFF;
-        loop {
+        let mut retries = retry_until(&stop, BACKOFF);
+        while retries.next().await.is_some() {
             match self.consume(&stop).await {
                 Ok(()) => return,
-                Err(error) => {
-                    tracing::warn!(
-                        consumer = %self.projection.consumer(),
-                        error = %chain(&error),
-                        "projection paused; retrying"
-                    );
-                }
+                Err(error) => tracing::warn!(
+                    consumer = %self.projection.consumer(),
+                    error = %chain(&error),
+                    "projection paused; retrying"
+                ),
             }
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 
-    /// The durable consumer, created on first use.
-    pub async fn consumer(&self) -> Result<consumer::PullConsumer, ProjectorError> {
-        let name = self.projection.consumer();
-        let stream = self
-            .jetstream
-            .get_stream(&self.stream)
-            .await
-            .map_err(|source| ProjectorError::Stream {
-                stream: self.stream.clone(),
-                source,
-            })?;
-        let config = consumer::pull::Config {
-            durable_name: Some(name.clone()),
+    /// The projection's durable consumer.
+    pub fn durable(&self) -> Durable {
+        Durable {
+            name: self.projection.consumer(),
             filter_subject: self.projection.filter_subject(&self.subject_prefix),
-            ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: ACK_WAIT,
-            // Never dropped by the server: giving up is the projector's call.
-            max_deliver: -1,
             max_ack_pending: (BATCH * 4) as i64,
-            deliver_policy: consumer::DeliverPolicy::All,
-            ..Default::default()
-        };
-        let failed = |source: Box<dyn std::error::Error + Send + Sync>| ProjectorError::Consumer {
-            consumer: name.clone(),
-            source,
-        };
-        let mut consumer: consumer::PullConsumer = stream
-            .get_or_create_consumer(&name, config.clone())
-            .await
-            .map_err(|e| failed(Box::new(e)))?;
-        // A consumer made by an older Keel may filter less than the projection now reads
-        // (`users` read `<prefix>.user.>` before it read revoked tokens too): update it;
-        // its acknowledged position stays.
-        if consumer.cached_info().config.filter_subject != config.filter_subject {
-            tracing::info!(consumer = %name, filter = %config.filter_subject, "updating the consumer's filter");
-            consumer = stream
-                .create_consumer(config)
-                .await
-                .map_err(|e| failed(Box::new(e)))?;
         }
-        Ok(consumer)
     }
 
     async fn consume(&self, stop: &CancellationToken) -> Result<(), ProjectorError> {
-        let consumer = self.consumer().await?;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(BATCH)
-            .messages()
-            .await
-            .map_err(|e| ProjectorError::Consume(Box::new(e)))?;
-        let mut messages = messages;
+        let (_, consumer) = self
+            .durable()
+            .provision(&self.jetstream, &self.stream)
+            .await?;
+        let mut pull = Pull::start(&consumer, BATCHING).await?;
         tracing::info!(consumer = %self.projection.consumer(), "projection consuming");
         loop {
             // Stop only between batches: the batch in hand is finished first.
-            let first = tokio::select! {
-                () = stop.cancelled() => return Ok(()),
-                first = tokio::time::timeout(IDLE, messages.next()) => first,
-            };
-            let Ok(first) = first else {
-                self.advance_checkpoint().await?;
-                continue;
-            };
-            let Some(first) = first else {
-                return Err(ProjectorError::Consume("the message stream ended".into()));
-            };
-            let mut batch = Vec::with_capacity(BATCH);
-            let mut failure = None;
-            let mut next = Some(first);
-            let gathered = tokio::time::Instant::now() + LINGER;
-            while let Some(item) = next.take() {
-                match item {
-                    Ok(message) => batch.push(message),
-                    Err(error) => {
-                        failure = Some(error);
-                        break;
-                    }
-                }
-                if batch.len() < BATCH {
-                    next = tokio::time::timeout_at(gathered, messages.next())
-                        .await
-                        .ok()
-                        .flatten();
-                }
-            }
-            if !batch.is_empty() {
-                self.process(batch).await?;
-            }
-            if let Some(error) = failure {
-                return Err(ProjectorError::Consume(Box::new(error)));
+            match pull.next(stop, IDLE).await? {
+                Next::Stopped => return Ok(()),
+                Next::Idle => self.advance_checkpoint().await?,
+                Next::Batch(batch) => self.process(batch).await?,
             }
         }
     }
@@ -227,7 +157,7 @@ impl Projector {
             Ok(outcomes) => {
                 let announced = self.policy_changes(&events, &outcomes);
                 for ((message, _), outcome) in deliveries.iter().zip(outcomes) {
-                    settle(message, outcome).await;
+                    settle_as(message, outcome).await;
                 }
                 self.cache.invalidate(&mut stale).await;
                 self.cache.announce(&announced).await;
@@ -235,7 +165,7 @@ impl Projector {
             }
             Err(error) if error.is_unavailable() => {
                 for (message, _) in &deliveries {
-                    settle(message, Outcome::Early).await;
+                    settle_as(message, Outcome::Early).await;
                 }
                 Err(error.into())
             }
@@ -297,14 +227,15 @@ impl Projector {
 
     async fn one_at_a_time(&self, deliveries: &[Delivery]) -> Result<(), ProjectorError> {
         for (index, (message, event)) in deliveries.iter().enumerate() {
-            let mut attempt = 1;
-            loop {
+            // The batch in hand is finished before a stop: its retries are not cut short.
+            let mut retries = retry_until(&CancellationToken::new(), BACKOFF);
+            while let Some(attempt) = retries.next().await {
                 let mut stale = Vec::new();
                 match self.transact(&[event], &mut stale).await {
                     Ok(outcomes) => {
                         let announced = self.policy_changes(&[event], &outcomes);
                         for outcome in outcomes {
-                            settle(message, outcome).await;
+                            settle_as(message, outcome).await;
                         }
                         self.cache.invalidate(&mut stale).await;
                         self.cache.announce(&announced).await;
@@ -312,7 +243,7 @@ impl Projector {
                     }
                     Err(error) if error.is_unavailable() => {
                         for (message, _) in &deliveries[index..] {
-                            settle(message, Outcome::Early).await;
+                            settle_as(message, Outcome::Early).await;
                         }
                         return Err(error.into());
                     }
@@ -326,9 +257,7 @@ impl Projector {
                             "event failed; retrying"
                         );
                         // Keeps JetStream from redelivering it while it is retried here.
-                        let _ = message.ack_with(AckKind::Progress).await;
-                        tokio::time::sleep(FIRST_BACKOFF * 2_u32.pow(attempt - 1)).await;
-                        attempt += 1;
+                        settle::progress(message).await;
                     }
                     Err(error) => {
                         self.bury(message, event, &chain(&error)).await?;
@@ -359,7 +288,7 @@ impl Projector {
             .await
             .map_err(ProjectorError::Database)?
         {
-            settle(message, Outcome::Early).await;
+            settle_as(message, Outcome::Early).await;
             return Ok(());
         }
         self.to_dead_letter_stream(message, Some(event), reason)
@@ -379,7 +308,7 @@ impl Projector {
             reason,
             "event dead-lettered"
         );
-        settle(message, Outcome::Applied).await;
+        settle_as(message, Outcome::Applied).await;
         Ok(())
     }
 
@@ -395,7 +324,7 @@ impl Projector {
             reason,
             "message is not an event; dead-lettered"
         );
-        settle(&message, Outcome::Applied).await;
+        settle_as(&message, Outcome::Applied).await;
         Ok(())
     }
 
@@ -405,45 +334,26 @@ impl Projector {
         event: Option<&RecordedEvent>,
         reason: &str,
     ) -> Result<(), DeadLetterError> {
-        self.dead_letters
-            .publish(
-                &self.jetstream,
-                Letter {
-                    consumer: &self.projection.consumer(),
-                    reason,
-                    event_id: event.map(|e| e.event_id.to_string()),
-                    position: event.map(|e| e.position.0),
-                    stream_sequence: message
-                        .info()
-                        .map(|i| i.stream_sequence)
-                        .unwrap_or_default(),
-                    payload: message.payload.clone(),
-                },
-            )
-            .await
+        let consumer = self.projection.consumer();
+        let letter = Letter::new(
+            &consumer,
+            reason,
+            event,
+            stream_sequence(message),
+            message.payload.clone(),
+        );
+        self.dead_letters.publish(&self.jetstream, letter).await
     }
 }
 
 /// Acks what is done (applied, or a duplicate); hands back what came too early.
-async fn settle(message: &jetstream::Message, outcome: Outcome) {
-    let kind = match outcome {
-        Outcome::Applied | Outcome::Duplicate => AckKind::Ack,
-        Outcome::Early => AckKind::Nak(Some(EARLY_DELAY)),
+async fn settle_as(message: &jetstream::Message, outcome: Outcome) {
+    let settled = match outcome {
+        Outcome::Applied | Outcome::Duplicate => settle::ack(message).await,
+        Outcome::Early => settle::nak(message, EARLY_DELAY).await,
     };
     // A lost ack only means a redelivery, which is a duplicate by then.
-    if let Err(error) = message.ack_with(kind).await {
-        tracing::debug!(error = %error, "ack not sent");
+    if let Err(error) = settled {
+        tracing::debug!(error = %chain(&error), "ack not sent");
     }
-}
-
-/// An error and its sources, on one line.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -14,9 +14,9 @@
 
 use sqlx::{Connection, PgConnection, PgPool};
 
-use crate::cache::Cache;
 use crate::ledger::{self, ApplyError, Outcome};
-use crate::projector::chain;
+use crate::ui_cache::UiCache;
+use bus::chain;
 use events::event_log::{self, RecordedEvent};
 use events::ids::Position;
 use events::read_model::{self, Projection};
@@ -47,7 +47,7 @@ pub struct Rebuilt {
 pub async fn rebuild(
     pool: &PgPool,
     projection: Projection,
-    cache: &Cache,
+    cache: &UiCache,
 ) -> Result<Rebuilt, RebuildError> {
     let live = projection.schema();
     let next = format!("{live}_next");

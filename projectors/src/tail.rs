@@ -1,16 +1,16 @@
 //! `projectors tail`: follows the event stream with an ephemeral ordered consumer and
 //! prints one line per message.
 
-use std::path::Path;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
+use bus::pull::stream_sequence;
 use futures::StreamExt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TailError {
     #[error(transparent)]
-    Connect(#[from] events::nats::ConnectError),
+    Connect(#[from] bus::ConnectError),
     #[error("cannot open JetStream stream {0}")]
     Stream(String, #[source] jetstream::context::GetStreamError),
     #[error("cannot follow the stream")]
@@ -30,18 +30,15 @@ pub fn line(sequence: u64, subject: &str, payload: &[u8]) -> String {
     )
 }
 
-/// Prints messages from the start of the stream until `count` were printed or nothing
-/// arrived for `idle`.
+/// Prints messages from the start of the stream in `settings` until `count` were printed
+/// or nothing arrived for `idle`.
 pub async fn run(
-    nats: async_nats::ConnectOptions,
-    nats_url: &str,
-    nats_creds: Option<&Path>,
-    stream: &str,
+    settings: &bus::Settings,
     count: usize,
     idle: Duration,
 ) -> Result<usize, TailError> {
-    let client = events::nats::connect(nats, nats_url, nats_creds).await?;
-    let context = jetstream::new(client);
+    let context = settings.jetstream(&settings.private_ca()?).await?;
+    let stream = &settings.stream;
     let stream_handle = context
         .get_stream(stream)
         .await
@@ -61,10 +58,7 @@ pub async fn run(
         };
         let Some(message) = next else { break };
         let message = message.map_err(|e| TailError::Consume(Box::new(e)))?;
-        let sequence = message
-            .info()
-            .map(|i| i.stream_sequence)
-            .unwrap_or_default();
+        let sequence = stream_sequence(&message);
         println!("{}", line(sequence, &message.subject, &message.payload));
         printed += 1;
     }

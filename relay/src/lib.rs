@@ -9,29 +9,36 @@
 //! redelivery a duplicate the publish script drops. While Redis or Postgres is away the
 //! event is retried in place (it is not the event's fault), so nothing later overtakes
 //! it; an event that cannot be read at all goes to the dead-letter stream. One instance
-//! is active at a time (the others wait on a Postgres lock and take over within seconds);
-//! on taking over, what the previous one had received but not acknowledged is relayed
-//! first, in order.
+//! is active at a time (it holds a `bus` lease; the others wait for it and take over
+//! within seconds); on taking over, what the previous one had received but not
+//! acknowledged is relayed first, in order. The consumer plumbing (durable consumer,
+//! settling, retries, dead letters, the lease) is the `bus` crate's.
+//!
+//! - [`config`]: flags and environment. [`publish`]: one notification onto Redis.
 
+pub mod config;
 pub mod publish;
 
 use std::time::Duration;
 
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
-use async_nats::jetstream::{self, AckKind, consumer};
+use async_nats::jetstream::{self, consumer};
+use bus::pull::stream_sequence;
+use bus::settle::{self, SettleError};
+use bus::{
+    Backoff, Batching, ConnectError, DeadLetterError, DeadLetterQueue, Durable, Lease, LeaseError,
+    Letter, Next, ProvisionError, Pull, PullError, Terms, chain, retry_until,
+};
 use bytes::Bytes;
-use futures::StreamExt;
 use redis::aio::ConnectionManager;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use events::envelope;
 use events::event_log::{self, RecordedEvent};
 use events::notification::Trigger;
-use projectors::dead_letter_queue::{DeadLetterError, DeadLetterQueue, Letter};
-use projectors::projector::chain;
-pub use projectors::{Config, StartError};
 
+pub use crate::config::Config;
 pub use crate::publish::NotificationPublisher;
 
 /// The durable consumer's name.
@@ -45,25 +52,46 @@ pub const LEADER_POLL: Duration = Duration::from_secs(1);
 pub const LEADER_IDLE: Duration = Duration::from_secs(10);
 /// The session advisory lock that makes one instance the active relay.
 const LEADER_LOCK: i64 = 7_261_530_813_950_019;
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// The active relay's lease.
+const LEADERSHIP: Terms = Terms {
+    key: LEADER_LOCK,
+    poll: LEADER_POLL,
+    idle: LEADER_IDLE,
+};
+/// The pauses before consuming again after a failure, and between tries of an event.
+const BACKOFF: Backoff = Backoff {
+    first: Duration::from_millis(100),
+    max: Duration::from_secs(2),
+};
+/// Events are relayed one at a time, in stream order.
+const BATCHING: Batching = Batching {
+    fetch: 200,
+    max: 1,
+    linger: Duration::ZERO,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("cannot set up the Redis connection")]
+    Redis(#[source] redis::RedisError),
+}
 
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
-    #[error("the event stream {stream} is not available")]
-    Stream {
-        stream: String,
-        #[source]
-        source: jetstream::context::GetStreamError,
-    },
-    #[error("cannot create or open the durable consumer {CONSUMER}")]
-    Consumer(#[source] jetstream::stream::ConsumerError),
-    #[error("consuming the stream failed")]
-    Consume(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
+    #[error(transparent)]
+    Pull(#[from] PullError),
+    #[error("reading the messages in flight failed")]
+    InFlight(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Ack(#[from] SettleError),
     #[error(transparent)]
     DeadLetter(#[from] DeadLetterError),
-    #[error("lost or could not take the relay's lock")]
-    Leadership(#[source] sqlx::Error),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,41 +111,30 @@ pub struct Relay {
     stream: String,
     subject_prefix: String,
     dead_letters: DeadLetterQueue,
-    /// While this instance is the active relay: the session that holds the lock.
-    leader: Option<PgConnection>,
 }
 
 /// Opens Postgres (created and migrated if needed), NATS and Redis (both retried while
 /// away).
 pub async fn build(config: &Config) -> Result<Relay, StartError> {
-    let ca = events::tls::PrivateCa::load(config.tls_ca_file.as_deref())?;
-    let pool = events::database::open(
-        &config.database_url,
-        config.migrate_database_url.as_deref(),
-        2,
-    )
-    .await?;
-    let redis = ca.redis(&config.redis_url).map_err(StartError::Redis)?;
+    let settings = &config.bus;
+    let ca = settings.private_ca()?;
+    let pool = settings.database(2).await?;
     // Lazy: the relay starts while Redis is away, and retries the event in hand.
     let redis = ConnectionManager::new_lazy_with_config(
-        redis,
+        settings.redis(&ca)?,
         redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2))),
     )
     .map_err(StartError::Redis)?;
-    let nats = events::nats::connect(ca.nats(), &config.nats_url, config.nats_creds.as_deref())
-        .await
-        .map_err(StartError::Nats)?;
     Ok(Relay {
         pool,
-        jetstream: jetstream::new(nats),
+        jetstream: settings.jetstream(&ca).await?,
         redis,
-        publisher: NotificationPublisher::new(&config.stream),
-        stream: config.stream.clone(),
-        subject_prefix: config.subject_prefix.clone(),
-        dead_letters: DeadLetterQueue::of(&config.subject_prefix),
-        leader: None,
+        publisher: NotificationPublisher::new(&settings.stream),
+        stream: settings.stream.clone(),
+        subject_prefix: settings.subject_prefix.clone(),
+        dead_letters: DeadLetterQueue::of(&settings.subject_prefix),
     })
 }
 
@@ -125,124 +142,63 @@ impl Relay {
     /// Relays until `stop`; reconnects with backoff whatever fails. The event in hand is
     /// finished (or left unacknowledged, for redelivery) first.
     pub async fn run(mut self, stop: CancellationToken) {
-        let mut backoff = FIRST_BACKOFF;
-        loop {
+        let mut retries = retry_until(&stop, BACKOFF);
+        while retries.next().await.is_some() {
             match self.consume(&stop).await {
                 Ok(()) => return,
                 Err(error) => {
                     tracing::warn!(consumer = CONSUMER, error = %chain(&error), "relay paused; retrying")
                 }
             }
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
-    /// Waits until this instance is the active relay (`events::leader`): one at a time,
-    /// so that a user's notifications keep the order of their events.
-    async fn lead(&mut self, stop: &CancellationToken) -> Result<bool, RelayError> {
-        self.leader = None;
-        let mut session = self
-            .pool
-            .acquire()
-            .await
-            .map_err(RelayError::Leadership)?
-            .detach();
-        if !events::leader::acquire(&mut session, LEADER_LOCK, LEADER_IDLE, LEADER_POLL, stop)
-            .await
-            .map_err(RelayError::Leadership)?
-        {
-            return Ok(false);
+    /// The relay's durable consumer: every event, in stream order.
+    fn durable(&self) -> Durable {
+        Durable {
+            name: CONSUMER.to_owned(),
+            filter_subject: format!("{}.>", self.subject_prefix),
+            ack_wait: ACK_WAIT,
+            max_ack_pending: 1000,
         }
-        tracing::info!(consumer = CONSUMER, "this instance is the active relay");
-        self.leader = Some(session);
-        Ok(true)
     }
 
-    /// Proves the lock is still held (and keeps its session from idling out).
-    async fn still_leading(&mut self) -> Result<(), RelayError> {
-        let session = self
-            .leader
-            .as_mut()
-            .ok_or_else(|| RelayError::Consume("not the active relay".into()))?;
-        sqlx::query("SELECT 1")
-            .execute(session)
-            .await
-            .map(drop)
-            .map_err(RelayError::Leadership)
-    }
-
+    /// Relays while this instance is the active relay: one at a time, so that a user's
+    /// notifications keep the order of their events.
     async fn consume(&mut self, stop: &CancellationToken) -> Result<(), RelayError> {
-        if !self.lead(stop).await? {
+        let Some(mut lease) = Lease::acquire(&self.pool, LEADERSHIP, stop).await? else {
+            return Ok(());
+        };
+        tracing::info!(consumer = CONSUMER, "this instance is the active relay");
+        let (stream, mut consumer) = self
+            .durable()
+            .provision(&self.jetstream, &self.stream)
+            .await?;
+        if !self
+            .relay_in_flight(&stream, &mut consumer, &mut lease, stop)
+            .await?
+        {
             return Ok(());
         }
-        let stream = self
-            .jetstream
-            .get_stream(&self.stream)
-            .await
-            .map_err(|source| RelayError::Stream {
-                stream: self.stream.clone(),
-                source,
-            })?;
-        let mut consumer: consumer::PullConsumer = stream
-            .get_or_create_consumer(
-                CONSUMER,
-                consumer::pull::Config {
-                    durable_name: Some(CONSUMER.to_owned()),
-                    filter_subject: format!("{}.>", self.subject_prefix),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: ACK_WAIT,
-                    // Never dropped by the server: an event waits until it is relayed.
-                    max_deliver: -1,
-                    max_ack_pending: 1000,
-                    deliver_policy: consumer::DeliverPolicy::All,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(RelayError::Consumer)?;
-        if !self.relay_in_flight(&stream, &mut consumer, stop).await? {
-            return Ok(());
-        }
-        let mut messages = consumer
-            .stream()
-            .max_messages_per_batch(200)
-            .messages()
-            .await
-            .map_err(|e| RelayError::Consume(Box::new(e)))?;
+        let mut pull = Pull::start(&consumer, BATCHING).await?;
         tracing::info!(consumer = CONSUMER, "relay consuming");
-        let mut keepalive = tokio::time::interval(LEADER_POLL);
         loop {
-            let next = tokio::select! {
-                () = stop.cancelled() => return Ok(()),
-                _ = keepalive.tick() => {
-                    self.still_leading().await?;
-                    continue;
+            lease.renew_if_due().await?;
+            let messages = match pull.next(stop, lease.renewal_due_in()).await? {
+                Next::Stopped => return Ok(()),
+                Next::Idle => continue,
+                Next::Batch(messages) => messages,
+            };
+            for message in messages {
+                let sequence = stream_sequence(&message);
+                if !self
+                    .relay(&message.payload, sequence, Some(&message), &mut lease, stop)
+                    .await?
+                {
+                    return Ok(());
                 }
-                next = messages.next() => next,
-            };
-            let message = match next {
-                Some(Ok(message)) => message,
-                Some(Err(error)) => return Err(RelayError::Consume(Box::new(error))),
-                None => return Err(RelayError::Consume("the message stream ended".into())),
-            };
-            let sequence = message
-                .info()
-                .map(|i| i.stream_sequence)
-                .unwrap_or_default();
-            if !self
-                .relay(&message.payload, sequence, Some(&message), stop)
-                .await?
-            {
-                return Ok(());
+                settle::ack(&message).await?;
             }
-            message
-                .ack()
-                .await
-                .map_err(|e| RelayError::Consume(e.to_string().into()))?;
         }
     }
 
@@ -254,12 +210,13 @@ impl Relay {
         &mut self,
         stream: &jetstream::stream::Stream,
         consumer: &mut consumer::PullConsumer,
+        lease: &mut Lease,
         stop: &CancellationToken,
     ) -> Result<bool, RelayError> {
         let info = consumer
             .info()
             .await
-            .map_err(|e| RelayError::Consume(Box::new(e)))?;
+            .map_err(|e| RelayError::InFlight(Box::new(e)))?;
         let (floor, delivered) = (
             info.ack_floor.stream_sequence,
             info.delivered.stream_sequence,
@@ -268,9 +225,12 @@ impl Relay {
             let message = match stream.get_raw_message(sequence).await {
                 Ok(message) => message,
                 Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => continue,
-                Err(error) => return Err(RelayError::Consume(Box::new(error))),
+                Err(error) => return Err(RelayError::InFlight(Box::new(error))),
             };
-            if !self.relay(&message.payload, sequence, None, stop).await? {
+            if !self
+                .relay(&message.payload, sequence, None, lease, stop)
+                .await?
+            {
                 return Ok(false);
             }
         }
@@ -278,13 +238,14 @@ impl Relay {
     }
 
     /// Relays one message; `false` when stopped before it was done (left for redelivery).
-    /// `message`, when it came from the consumer, is kept alive while Redis or Postgres
-    /// is away.
+    /// While Redis or Postgres is away it is retried in place: `message`, when it came
+    /// from the consumer, is kept alive meanwhile, and the lease proven before each try.
     async fn relay(
         &mut self,
         payload: &Bytes,
         stream_sequence: u64,
         message: Option<&jetstream::Message>,
+        lease: &mut Lease,
         stop: &CancellationToken,
     ) -> Result<bool, RelayError> {
         let event = match envelope::from_bytes(payload) {
@@ -306,8 +267,8 @@ impl Relay {
         let Some(trigger) = trigger else {
             return Ok(true);
         };
-        let mut backoff = FIRST_BACKOFF;
-        loop {
+        let mut retries = retry_until(stop, BACKOFF);
+        while retries.next().await.is_some() {
             match self.deliver(&event, trigger.clone()).await {
                 Ok(()) => return Ok(true),
                 Err(error) => tracing::warn!(
@@ -319,15 +280,11 @@ impl Relay {
             }
             // Still working on it: JetStream must not hand it out again meanwhile.
             if let Some(message) = message {
-                let _ = message.ack_with(AckKind::Progress).await;
+                settle::progress(message).await;
             }
-            self.still_leading().await?;
-            tokio::select! {
-                () = stop.cancelled() => return Ok(false),
-                () = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            lease.renew().await?;
         }
+        Ok(false)
     }
 
     async fn deliver(
@@ -371,18 +328,7 @@ impl Relay {
             reason,
             "event cannot be relayed; dead-lettered"
         );
-        self.dead_letters
-            .publish(
-                &self.jetstream,
-                Letter {
-                    consumer: CONSUMER,
-                    reason,
-                    event_id: event.map(|e| e.event_id.to_string()),
-                    position: event.map(|e| e.position.0),
-                    stream_sequence,
-                    payload: payload.clone(),
-                },
-            )
-            .await
+        let letter = Letter::new(CONSUMER, reason, event, stream_sequence, payload.clone());
+        self.dead_letters.publish(&self.jetstream, letter).await
     }
 }

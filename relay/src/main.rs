@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 #[command(name = "relay", version)]
 struct Cli {
     #[command(flatten)]
-    config: projectors::Config,
+    config: relay::Config,
 }
 
 #[tokio::main]

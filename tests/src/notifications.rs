@@ -28,9 +28,10 @@ pub struct RunningRelay {
 
 impl RunningRelay {
     pub async fn start(app: &TestApp) -> Self {
-        let relay = relay::build(&crate::projections::worker_config(app, Principal::Relay))
-            .await
-            .expect("the relay starts");
+        let config = relay::Config {
+            bus: crate::projections::worker_settings(app, Principal::Relay),
+        };
+        let relay = relay::build(&config).await.expect("the relay starts");
         let stop = CancellationToken::new();
         let task = tokio::spawn(relay.run(stop.clone()));
         Self {

@@ -15,12 +15,15 @@ use crate::{TestApp, eventually};
 /// The projectors' configuration for `app`'s database, stream and subjects, as the
 /// projectors' principal.
 pub fn config(app: &TestApp) -> projectors::Config {
-    worker_config(app, Principal::Projectors)
+    projectors::Config {
+        bus: worker_settings(app, Principal::Projectors),
+    }
 }
 
-/// A worker's configuration for `app`'s database, stream and subjects, as `principal`.
-pub fn worker_config(app: &TestApp, principal: Principal) -> projectors::Config {
-    projectors::Config {
+/// A worker's connection settings for `app`'s database, stream and subjects, as
+/// `principal`.
+pub fn worker_settings(app: &TestApp, principal: Principal) -> bus::Settings {
+    bus::Settings {
         database_url: app.database_url.clone(),
         migrate_database_url: None,
         nats_url: app.nats_url_of(principal),

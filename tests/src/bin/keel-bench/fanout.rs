@@ -331,7 +331,7 @@ async fn delete_keys(redis_url: &str, stream: &str) -> anyhow::Result<()> {
     let mut redis = redis::Client::open(redis_url)?
         .get_multiplexed_async_connection()
         .await?;
-    projectors::cache::delete_matching(&mut redis, &format!("keel:{stream}:notify:*")).await?;
+    projectors::ui_cache::delete_matching(&mut redis, &format!("keel:{stream}:notify:*")).await?;
     Ok(())
 }
 

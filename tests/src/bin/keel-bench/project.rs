@@ -94,8 +94,10 @@ async fn rebuild(events: usize) -> anyhow::Result<(usize, f64, f64)> {
     }
     let scan = seeded as f64 / started.elapsed().as_secs_f64();
     let settings = projectors::Config {
-        database_url: database_url.clone(),
-        ..config_for_rebuild()
+        bus: bus::Settings {
+            database_url: database_url.clone(),
+            ..settings_for_rebuild()
+        },
     };
     let (pool, cache) = projectors::open(&settings).await?;
     let started = Instant::now();
@@ -104,8 +106,8 @@ async fn rebuild(events: usize) -> anyhow::Result<(usize, f64, f64)> {
     Ok((seeded, keel, scan))
 }
 
-fn config_for_rebuild() -> projectors::Config {
-    projectors::Config {
+fn settings_for_rebuild() -> bus::Settings {
+    bus::Settings {
         database_url: String::new(),
         migrate_database_url: None,
         nats_url: String::new(),

@@ -1,6 +1,7 @@
-//! The dead-letter stream `<KEEL_STREAM>_DLQ`: where an event that keeps failing a
+//! The dead-letter stream `<KEEL_STREAM>_DLQ`: where a message that keeps failing a
 //! consumer is published, with the consumer and the reason, before the consumer moves on.
-//! The read model's own `dead_letters` table is what `projectors dead-letters` lists and
+//!
+//! A projection's own `dead_letters` table is what `projectors dead-letters` lists and
 //! replays; the stream is the bus-side record other tools can subscribe to. The command
 //! API creates the stream beside the event stream (the projectors and the relay may only
 //! publish to it); until it exists, publishing a dead letter fails and the consumer
@@ -8,6 +9,7 @@
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
+use events::event_log::RecordedEvent;
 
 /// Where dead letters go: stream `<KEEL_STREAM>_DLQ`, subjects `dlq.<prefix>.<consumer>`
 /// (`events::nats`).
@@ -31,6 +33,27 @@ pub struct Letter<'a> {
     pub position: Option<i64>,
     pub stream_sequence: u64,
     pub payload: bytes::Bytes,
+}
+
+impl<'a> Letter<'a> {
+    /// The letter of the message at `stream_sequence`, which `consumer` gives up on for
+    /// `reason`; `event` is the message read as an event, when it could be.
+    pub fn new(
+        consumer: &'a str,
+        reason: &'a str,
+        event: Option<&RecordedEvent>,
+        stream_sequence: u64,
+        payload: bytes::Bytes,
+    ) -> Self {
+        Self {
+            consumer,
+            reason,
+            event_id: event.map(|e| e.event_id.to_string()),
+            position: event.map(|e| e.position.0),
+            stream_sequence,
+            payload,
+        }
+    }
 }
 
 impl DeadLetterQueue {

@@ -16,13 +16,14 @@ use events::read_model::{dashboard_key, dashboard_key_prefix};
 /// The longest a cache call may take before it is given up.
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 
-pub struct Cache {
+/// The UI cache in Redis, as the projectors keep it fresh.
+pub struct UiCache {
     client: redis::Client,
     stream: String,
     connection: Mutex<Option<MultiplexedConnection>>,
 }
 
-impl Cache {
+impl UiCache {
     pub fn new(client: redis::Client, stream: String) -> Self {
         Self {
             client,

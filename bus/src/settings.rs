@@ -1,0 +1,121 @@
+//! The connection settings every worker shares, read once in `main`, and opening them.
+
+use std::path::PathBuf;
+
+use async_nats::jetstream;
+use clap::Args;
+use events::tls::PrivateCa;
+use sqlx::PgPool;
+
+/// Where a worker (the projectors, the relay) reads from and writes to. Each binary's
+/// `Config` flattens it, so the flags and environment variables are the same in both.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Postgres: the event log (read) and the read models (written). Created and migrated
+    /// on start if missing.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/keel",
+        global = true
+    )]
+    pub database_url: String,
+
+    /// Postgres as the schema's owner. Set: migrations run through it at start, all else
+    /// through `DATABASE_URL`, which then needs only the rights `scripts/postgres-roles.sql`
+    /// grants. Unset: `DATABASE_URL` migrates.
+    #[arg(
+        long,
+        env = "KEEL_MIGRATE_DATABASE_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub migrate_database_url: Option<String>,
+
+    /// NATS with JetStream; `user:password@` in the URL authenticates.
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        global = true,
+        hide_env_values = true
+    )]
+    pub nats_url: String,
+
+    /// A NATS creds file (user JWT and nkey seed) to authenticate with instead.
+    #[arg(long, env = "NATS_CREDS", global = true)]
+    pub nats_creds: Option<PathBuf>,
+
+    /// Redis: the UI cache the projectors invalidate, the relay's notification channels;
+    /// `user:password@` selects the ACL user.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        global = true,
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+
+    /// PEM file of the private CA that the Redis (`rediss://`) and NATS (`tls://`)
+    /// servers' certificates chain to. Unset: the system's CAs.
+    #[arg(long, env = "KEEL_TLS_CA_FILE", global = true)]
+    pub tls_ca_file: Option<PathBuf>,
+
+    /// JetStream stream name (its dead-letter stream is `<name>_DLQ`).
+    #[arg(long, env = "KEEL_STREAM", default_value = "EVENTS", global = true)]
+    pub stream: String,
+
+    /// Subject prefix: events arrive on `<prefix>.<type>`.
+    #[arg(
+        long,
+        env = "KEEL_SUBJECT_PREFIX",
+        default_value = "events",
+        global = true
+    )]
+    pub subject_prefix: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Database(#[from] events::database::OpenError),
+    #[error(transparent)]
+    Tls(#[from] events::tls::CaFileError),
+    #[error("invalid REDIS_URL")]
+    Redis(#[source] redis::RedisError),
+    #[error(transparent)]
+    Nats(events::nats::ConnectError),
+}
+
+impl Settings {
+    /// The private CA of `KEEL_TLS_CA_FILE` (unset: the system's CAs), read now so that a
+    /// missing file stops the start.
+    pub fn private_ca(&self) -> Result<PrivateCa, ConnectError> {
+        Ok(PrivateCa::load(self.tls_ca_file.as_deref())?)
+    }
+
+    /// Opens Postgres with `pool_size` connections, creating and migrating the database
+    /// if needed.
+    pub async fn database(&self, pool_size: u32) -> Result<PgPool, ConnectError> {
+        Ok(events::database::open(
+            &self.database_url,
+            self.migrate_database_url.as_deref(),
+            pool_size,
+        )
+        .await?)
+    }
+
+    /// Connects to NATS (retried in the background while it is away) for JetStream.
+    pub async fn jetstream(&self, ca: &PrivateCa) -> Result<jetstream::Context, ConnectError> {
+        let nats = events::nats::connect(ca.nats(), &self.nats_url, self.nats_creds.as_deref())
+            .await
+            .map_err(ConnectError::Nats)?;
+        Ok(jetstream::new(nats))
+    }
+
+    /// A Redis client (it connects when first used).
+    pub fn redis(&self, ca: &PrivateCa) -> Result<redis::Client, ConnectError> {
+        ca.redis(&self.redis_url).map_err(ConnectError::Redis)
+    }
+}
