@@ -1,15 +1,22 @@
 //! Hubs subscribe per user (issue 13): a command-api instance's hub receives from Redis
 //! only the notifications of the users with a socket on it, and stops receiving a user's
-//! once that user's last socket there closed. Three real `command-api` processes share
-//! one database, stream and Redis (as the command API's principal); the relay runs.
+//! once that user's last socket there closed, unless another socket of that user opened
+//! meanwhile.
 
 use std::time::Duration;
 
+use command_api::notifications::subscription::BATCH;
 use futures::StreamExt;
+use futures::future::join_all;
 use keel_tests::api_process::ApiProcess;
 use keel_tests::jwks_server::issuer;
-use keel_tests::notifications::{Connect, RunningRelay, Socket, channel_subscribers, try_connect};
-use keel_tests::{TestApp, eventually};
+use keel_tests::notifications::{
+    Connect, Notifier, RunningRelay, Socket, channel_subscribers, connect, try_connect,
+};
+use keel_tests::principals::Principal;
+use keel_tests::redis_server::RedisServer;
+use keel_tests::test_app::test_config;
+use keel_tests::{JwksServer, TestApp, eventually, fresh_database};
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -119,6 +126,9 @@ fn types_about(frames: &[Value], post: Uuid) -> Vec<&str> {
         .collect()
 }
 
+/// Three real `command-api` processes share one database, stream and Redis (as the
+/// command API's principal); the relay runs. Ada has a socket on hub 1, Bob on hub 2,
+/// nobody on hub 3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_receives_only_the_notifications_of_its_users() {
     let app = TestApp::spawn().await.unwrap();
@@ -202,5 +212,121 @@ async fn a_hub_receives_only_the_notifications_of_its_users() {
     assert_eq!(counts, [3, 2, 0], "unsubscribed hubs receive nothing more");
 
     relay.stop().await;
+    app.stop().await;
+}
+
+/// A user's last socket closing while its next one opens, again and again: whichever the
+/// hub sees first, the user's channel ends up subscribed, so once the new socket serves
+/// (it got a first marker, by its history or live), the next marker still arrives.
+#[tokio::test]
+async fn a_socket_opening_as_the_users_last_one_closes_keeps_the_channel() {
+    let app = TestApp::spawn().await.unwrap();
+    let user = Uuid::new_v4();
+    let token = app.token(user, &["user"]);
+    let mut notifier = Notifier::new(&app).await;
+    let mut socket = connect(&app, Connect::header(&token)).await;
+    for round in 0..20 {
+        let (_, next) = tokio::join!(socket.close(), connect(&app, Connect::header(&token)));
+        socket = next;
+        for marker in ["serving", "still subscribed"] {
+            let offset = notifier
+                .send(user, json!({ "round": round, "marker": marker }))
+                .await;
+            let frame = socket.next().await;
+            assert_eq!(frame["offset"], offset.as_str(), "round {round}: {frame}");
+        }
+    }
+    socket.close().await;
+    app.stop().await;
+}
+
+/// How many user channels Redis has subscribers for.
+async fn user_channels(redis: &mut redis::aio::MultiplexedConnection) -> Result<usize, String> {
+    let channels: Vec<String> = redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .arg("notify.user.*")
+        .query_async(redis)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(channels.len())
+}
+
+/// Waits until Redis (the test's own) has subscribers for exactly `n` user channels.
+async fn user_channels_become(redis: &redis::aio::MultiplexedConnection, n: usize) {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{n} user channels subscribed"),
+        || {
+            let mut redis = redis.clone();
+            async move {
+                match user_channels(&mut redis).await? {
+                    count if count == n => Ok(()),
+                    count => Err(format!("{count} channels")),
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// The hub's connection killed: it resubscribes every user's channel, more of them than
+/// one batch holds, and every socket gets what was published meanwhile, then live ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reconnect_every_users_channel_is_subscribed_again() {
+    let redis_server = RedisServer::start().await.unwrap();
+    let jwks = JwksServer::start().await.unwrap();
+    let mut config = test_config(fresh_database().await.unwrap(), &jwks);
+    config.redis_url = redis_server.url_for(Principal::CommandApi);
+    let app = TestApp::spawn_with(config, jwks).await.unwrap();
+    let users: Vec<Uuid> = (0..BATCH + 20).map(|_| Uuid::new_v4()).collect();
+    let mut sockets = join_all(users.iter().map(|&user| {
+        let app = &app;
+        async move {
+            let token = app.token(user, &["user"]);
+            connect(app, Connect::header(&token)).await
+        }
+    }))
+    .await;
+    let mut admin = redis::Client::open(redis_server.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    user_channels_become(&admin, users.len()).await;
+
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(killed, 1, "the hub's subscription");
+    let mut notifier = Notifier::new(&app).await;
+    let mut missed = Vec::new();
+    for &user in &users {
+        missed.push(
+            notifier
+                .send(user, json!({ "while": "resubscribing" }))
+                .await,
+        );
+    }
+    user_channels_become(&admin, users.len()).await;
+    let frames = join_all(sockets.iter_mut().map(Socket::next)).await;
+    for (frame, offset) in frames.iter().zip(&missed) {
+        assert_eq!(frame["offset"], offset.as_str(), "{frame}");
+    }
+    let mut live = Vec::new();
+    for &user in &users {
+        live.push(
+            notifier
+                .send(user, json!({ "after": "resubscribing" }))
+                .await,
+        );
+    }
+    let frames = join_all(sockets.iter_mut().map(Socket::next)).await;
+    for (frame, offset) in frames.iter().zip(&live) {
+        assert_eq!(frame["offset"], offset.as_str(), "{frame}");
+    }
     app.stop().await;
 }
