@@ -156,7 +156,8 @@ impl Hub {
             revoked,
             generation: self.generation.subscribe(),
         };
-        // Dropped while waiting (shutdown), the registration unregisters.
+        // Not past shutdown; were this future dropped meanwhile, the registration would
+        // unregister.
         tokio::select! {
             () = self.subscriptions.subscribe(user) => {}
             () = self.closing.cancelled() => {}

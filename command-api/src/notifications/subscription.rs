@@ -57,8 +57,9 @@ pub enum SubscriptionError {
     Closed,
 }
 
-/// The subscription connection's channels. Each user channel goes in its own
-/// `SUBSCRIBE`, a batch of them pipelined in one write: Redis confirms a `SUBSCRIBE` of
+/// The subscription connection, as the hub uses it: user channels subscribed and
+/// unsubscribed, liveness proved. Each user channel goes in its own `SUBSCRIBE`, a batch
+/// of them pipelined (none waits for another's reply): Redis confirms a `SUBSCRIBE` of
 /// n channels with n replies, while redis-rs pairs one reply with each request, so the
 /// n − 1 extra replies would answer the requests that follow (a later user's
 /// `SUBSCRIBE` would count as confirmed before Redis ran it). On Redis Cluster the
