@@ -53,12 +53,16 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
          keel_ws_sockets {sockets}\n\
          # HELP keel_ws_evicted_total Sockets closed for being too slow (1013).\n\
          # TYPE keel_ws_evicted_total counter\n\
-         keel_ws_evicted_total {evicted}\n",
+         keel_ws_evicted_total {evicted}\n\
+         # HELP keel_hub_notifications_received_total Notifications the hub received from Redis.\n\
+         # TYPE keel_hub_notifications_received_total counter\n\
+         keel_hub_notifications_received_total {received}\n",
         depth = (head.0 - checkpoint.0).max(0),
         published = m.publisher.published(),
         leader = u8::from(m.publisher.is_leader()),
         sockets = state.hub.sockets(),
         evicted = state.hub.evictions(),
+        received = state.hub.notifications_received(),
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }

@@ -354,3 +354,17 @@ impl Notifier {
             .expect("a fresh notification is published")
     }
 }
+
+/// How many connections subscribe `user`'s channel `notify.user.<user>` (Redis's
+/// `PUBSUB NUMSUB`, which leaves pattern subscriptions out).
+pub async fn channel_subscribers(
+    redis: &mut redis::aio::MultiplexedConnection,
+    user: Uuid,
+) -> redis::RedisResult<i64> {
+    let (_, subscribers): (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(format!("notify.user.{user}"))
+        .query_async(redis)
+        .await?;
+    Ok(subscribers)
+}

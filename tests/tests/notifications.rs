@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use dev_issuer::TokenRequest;
 use events::notification::HISTORY_LEN;
-use keel_tests::notifications::{Connect, Notifier, RunningRelay, Socket, connect, try_connect};
+use keel_tests::notifications::{
+    Connect, Notifier, RunningRelay, Socket, channel_subscribers, connect, try_connect,
+};
 use keel_tests::principals::Principal;
 use keel_tests::redis_server::RedisServer;
 use keel_tests::test_app::{mint, test_config};
@@ -716,11 +718,14 @@ async fn a_dropped_subscription_loses_nothing() {
                         .query_async(&mut admin)
                         .await
                         .map_err(|e| e.to_string())?;
-                    // notify.user.* and policy.invalidate.*, on one connection.
-                    if patterns == 2 {
+                    let channels = channel_subscribers(&mut admin, user)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    // policy.invalidate.* and the user's channel, on one connection.
+                    if patterns == 1 && channels == 1 {
                         Ok(())
                     } else {
-                        Err(format!("{patterns} patterns"))
+                        Err(format!("{patterns} patterns, {channels} channel"))
                     }
                 }
             })

@@ -1,11 +1,12 @@
-//! The hub: one Redis pattern subscription (`notify.user.*`) per command-api instance,
-//! fanned out to the sockets of each message's user.
+//! The hub: the sockets of this instance by user, and the notifications its
+//! subscription receives fanned out to them.
 //!
-//! Every socket registers a bounded queue. Fan-out never waits on a socket: when a
-//! queue is full the socket is evicted (closed with 1013), so a slow client can only
-//! lose its own connection. After every (re)subscription the hub bumps a generation;
-//! each socket then reads its history from where it stands, which closes any gap the
-//! subscription had while it was down.
+//! The hub subscribes only its users' channels ([`subscription`]): a socket registers,
+//! then waits until Redis confirmed its user's channel. Every socket registers a bounded
+//! queue. Fan-out never waits on a socket: when a queue is full the socket is evicted
+//! (closed with 1013), so a slow client can only lose its own connection. After every
+//! (re)subscription the hub bumps a generation; each socket then reads its history from
+//! where it stands, which closes any gap the subscription had while it was down.
 //!
 //! The same subscription carries `policy.invalidate.*` (handed to [`Policy`]), and the
 //! hub closes (4003) the sockets whose token or user a policy change revoked.
@@ -13,9 +14,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
-use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use super::history::History;
 use super::slots::Slots;
+use super::subscription::{self, Subscriptions};
 use super::ticket::Tickets;
 use crate::auth::Principal;
 use crate::policy::{Change, Policy};
@@ -32,10 +32,6 @@ use events::policy as policy_channels;
 
 /// Frames a socket may have waiting before it counts as too slow.
 pub const QUEUE: usize = 256;
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// How often the subscription's connection is pinged, and how long the answer may take.
-const CHECK_EVERY: Duration = Duration::from_secs(5);
-const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One live notification, as published: its offset and the frame to send.
 #[derive(Debug, Clone)]
@@ -61,6 +57,8 @@ pub struct Hub {
     /// Authorization, kept current by the `policy.invalidate.*` messages received here.
     pub policy: Arc<Policy>,
     subscribers: Mutex<HashMap<UserId, Vec<Subscriber>>>,
+    /// The channels the sockets need, served by the subscription task.
+    pub(super) subscriptions: Subscriptions,
     next_id: AtomicU64,
     generation: watch::Sender<u64>,
     /// Cancelled at shutdown: every socket closes with 1001.
@@ -72,6 +70,8 @@ pub struct Hub {
     /// The socket limits, per user and in all.
     pub slots: Arc<Slots>,
     evictions: AtomicU64,
+    /// Notifications received from Redis, since start.
+    received: AtomicU64,
 }
 
 /// A socket's place in the hub; unregisters on drop.
@@ -111,6 +111,7 @@ impl Hub {
             policy,
             client,
             subscribers: Mutex::new(HashMap::new()),
+            subscriptions: Subscriptions::default(),
             next_id: AtomicU64::new(0),
             generation: watch::Sender::new(0),
             closing: CancellationToken::new(),
@@ -118,6 +119,7 @@ impl Hub {
             allowed_origins,
             slots: Arc::new(slots),
             evictions: AtomicU64::new(0),
+            received: AtomicU64::new(0),
         })
     }
 
@@ -127,9 +129,9 @@ impl Hub {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Registers a socket of `principal`: from now on its user's notifications queue up
-    /// for it.
-    pub fn register(self: &Arc<Self>, principal: &Principal) -> Registration {
+    /// Registers a socket of `principal`: once this returns, its user's channel is
+    /// subscribed and its notifications queue up for it.
+    pub async fn register(self: &Arc<Self>, principal: &Principal) -> Registration {
         let user = principal.user_id;
         let (queue, receiver) = mpsc::channel(QUEUE);
         let evicted = CancellationToken::new();
@@ -145,7 +147,7 @@ impl Hub {
                 revoked: revoked.clone(),
                 principal: principal.clone(),
             });
-        Registration {
+        let registration = Registration {
             hub: self.clone(),
             user,
             id,
@@ -153,7 +155,14 @@ impl Hub {
             evicted,
             revoked,
             generation: self.generation.subscribe(),
+        };
+        // Not past shutdown; were this future dropped meanwhile, the registration would
+        // unregister.
+        tokio::select! {
+            () = self.subscriptions.subscribe(user) => {}
+            () = self.closing.cancelled() => {}
         }
+        registration
     }
 
     /// The sockets `pick` selects (of `user` only, when given): how to close each, and
@@ -213,8 +222,23 @@ impl Hub {
             sockets.retain(|s| s.id != id);
             if sockets.is_empty() {
                 subscribers.remove(&user);
+                self.subscriptions.release(user);
             }
         }
+    }
+
+    /// The users with a socket here.
+    pub(super) fn users(&self) -> Vec<UserId> {
+        self.subscribers().keys().copied().collect()
+    }
+
+    /// Whether `user` has a socket here.
+    pub(super) fn has_sockets(&self, user: UserId) -> bool {
+        self.subscribers().contains_key(&user)
+    }
+
+    pub(super) fn client(&self) -> &redis::Client {
+        &self.client
     }
 
     /// Sockets open on this instance.
@@ -232,11 +256,31 @@ impl Hub {
         self.evictions.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Notifications received from Redis, since start.
+    pub fn notifications_received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Takes a message of the subscription: an invalidation for the policy, a
+    /// notification for the sockets of its user.
+    pub(super) fn receive(&self, channel: &str, payload: &[u8]) {
+        if let Some(invalidation) = policy_channels::invalidation(channel) {
+            self.policy.invalidate(invalidation);
+        } else if let Some(user) = notification::channel_user(channel) {
+            self.received.fetch_add(1, Ordering::Relaxed);
+            self.fan_out(user, payload);
+        }
+    }
+
+    /// The subscription is (again) up: sockets read what they may have missed while it
+    /// was not; the policy reads the invalidations it may have missed from the log.
+    pub(super) fn resubscribed(&self) {
+        self.generation.send_modify(|g| *g += 1);
+        self.policy.wake();
+    }
+
     /// Hands a published message to the sockets of its user, never waiting.
-    fn fan_out(&self, channel: &str, payload: &[u8]) {
-        let Some(user) = notification::channel_user(channel) else {
-            return;
-        };
+    fn fan_out(&self, user: UserId, payload: &[u8]) {
         let Ok(text) = std::str::from_utf8(payload) else {
             tracing::warn!("notification is not UTF-8; dropped");
             return;
@@ -266,66 +310,12 @@ impl Hub {
         });
         if sockets.is_empty() {
             subscribers.remove(&user);
+            self.subscriptions.release(user);
         }
     }
 
-    /// Keeps the pattern subscription up until `stop`, resubscribing (within a second of
-    /// Redis being back) whenever it drops.
+    /// Keeps the subscription up until `stop` (see [`subscription::run`]).
     pub async fn subscribe(self: Arc<Self>, stop: CancellationToken) {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let attempt = async {
-                let mut pubsub = self.client.get_async_pubsub().await?;
-                pubsub.psubscribe(notification::CHANNEL_PATTERN).await?;
-                pubsub.psubscribe(policy_channels::CHANNEL_PATTERN).await?;
-                Ok::<_, redis::RedisError>(pubsub)
-            };
-            let subscribed = tokio::select! {
-                () = stop.cancelled() => return,
-                subscribed = attempt => subscribed,
-            };
-            match subscribed {
-                Ok(pubsub) => {
-                    tracing::info!("subscribed to {}", notification::CHANNEL_PATTERN);
-                    backoff = Duration::from_millis(50);
-                    // Sockets read what they may have missed while unsubscribed; the policy
-                    // reads the invalidations it may have missed from the log.
-                    self.generation.send_modify(|g| *g += 1);
-                    self.policy.wake();
-                    let (mut sink, mut messages) = pubsub.split();
-                    let mut check = tokio::time::interval(CHECK_EVERY);
-                    loop {
-                        tokio::select! {
-                            () = stop.cancelled() => return,
-                            message = messages.next() => {
-                                let Some(message) = message else { break };
-                                let channel = message.get_channel_name();
-                                match policy_channels::invalidation(channel) {
-                                    Some(invalidation) => self.policy.invalidate(invalidation),
-                                    None => self.fan_out(channel, message.get_payload_bytes()),
-                                }
-                            }
-                            _ = check.tick() => {
-                                // A half-open connection (a partition) delivers nothing and
-                                // reports nothing: only an unanswered ping reveals it.
-                                let pong = tokio::time::timeout(CHECK_TIMEOUT, sink.ping::<redis::Value>()).await;
-                                if !matches!(pong, Ok(Ok(_))) {
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    tracing::warn!("notification subscription lost; resubscribing");
-                }
-                Err(error) => {
-                    tracing::warn!(error = %error, "cannot subscribe to notifications; retrying")
-                }
-            }
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
+        subscription::run(self, stop).await;
     }
 }

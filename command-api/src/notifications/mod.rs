@@ -1,7 +1,8 @@
 //! `GET /ws/notifications`: the WebSocket hub (the end of the pipeline: … -> relay ->
 //! Redis -> **hub -> browser**).
 //!
-//! - [`hub`]: one pattern subscription per instance, fanned out to bounded socket queues.
+//! - [`hub`]: this instance's sockets by user; notifications fanned out to bounded queues.
+//! - [`subscription`]: one Redis connection holding the channels of this hub's users.
 //! - [`session`]: one socket: recovery, live frames, keepalive, expiry, closing.
 //! - [`history`]: reads of a user's history in Redis (written by the relay).
 //!
@@ -19,6 +20,7 @@ pub mod history;
 pub mod hub;
 pub mod session;
 pub mod slots;
+pub mod subscription;
 pub mod ticket;
 
 use axum::Json;

@@ -1,9 +1,9 @@
 //! One socket: recovery from its history, then live notifications, until it closes.
 //!
-//! The socket registers with the hub *before* it reads its history, so a notification
-//! published meanwhile is both in the history and in its queue; the cursor (the last
-//! offset sent) drops the second copy, and any duplicate, so each notification reaches
-//! the socket once and in offset order.
+//! The socket registers with the hub (its user's channel subscribed) *before* it reads
+//! its history, so a notification published meanwhile is both in the history and in its
+//! queue; the cursor (the last offset sent) drops the second copy, and any duplicate, so
+//! each notification reaches the socket once and in offset order.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,7 +80,7 @@ type Sink = SplitSink<WebSocket, Message>;
 
 impl Session {
     pub async fn run(self, socket: WebSocket) {
-        let mut registration = self.hub.register(&self.principal);
+        let mut registration = self.hub.register(&self.principal).await;
         let (mut sink, mut incoming) = socket.split();
         // A change applied between the handshake's authorization and the registration
         // reached no socket yet: look once more.
