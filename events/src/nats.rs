@@ -66,7 +66,10 @@ pub async fn connect(
 /// The servers of `NATS_URL`: one URL, or several comma-separated (a cluster's nodes;
 /// the client connects to one and fails over to the others).
 pub fn servers(url: &str) -> Vec<&str> {
-    url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
+    url.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 #[cfg(test)]
