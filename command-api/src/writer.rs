@@ -412,6 +412,7 @@ type StoredResponses = HashMap<(UserId, String), (Vec<u8>, Outcome)>;
 
 #[derive(sqlx::FromRow)]
 struct StoredRow {
+    #[sqlx(try_from = "uuid::Uuid")]
     principal: UserId,
     key: String,
     request_hash: Vec<u8>,
