@@ -8,7 +8,6 @@
 //! - [`event_log`]: append with optimistic concurrency and no-skip reads by position.
 //! - [`leader`]: one active instance among several (a Postgres advisory lock).
 //! - [`nats`]: connecting to NATS as a principal; the dead-letter stream's names.
-//! - [`notification`]: the Redis side of notifications: channels, keys, offsets, frames.
 //! - [`outbox`]: the publisher's checkpoint and republish requests (the log is the outbox).
 //! - [`policy`]: a user's policy, the policy events and the revocations, read from the log.
 //! - [`process`]: logging and the stop signal, the same in every binary.
@@ -17,20 +16,20 @@
 //! - [`MIGRATOR`]: the schema, owned by `events/migrations`.
 //!
 //! Until the workspace imports them from `domain` directly, the domain's modules are
-//! re-exported here under their old paths ([`domain`], [`ids`], [`envelope`]).
+//! re-exported here under their old paths ([`domain`], [`ids`], [`envelope`],
+//! [`notification`]).
 
 pub mod database;
 pub mod event_log;
 pub mod leader;
 pub mod nats;
-pub mod notification;
 pub mod outbox;
 pub mod policy;
 pub mod process;
 pub mod read_model;
 pub mod tls;
 
-pub use domain::{self, envelope, ids};
+pub use domain::{self, envelope, ids, notification};
 
 /// Every table Keel owns. Run on start by each binary (or `command-api migrate`) when the
 /// schema is behind; safe to run concurrently.

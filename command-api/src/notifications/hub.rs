@@ -21,14 +21,14 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::history::History;
+use super::recovery::History;
 use super::slots::Slots;
 use super::ticket::Tickets;
 use crate::auth::Principal;
 use crate::policy::{Change, Policy};
 use events::ids::UserId;
-use events::notification::{self, Keys, Offset};
 use events::policy as policy_channels;
+use notify::Offset;
 
 /// Frames a socket may have waiting before it counts as too slow.
 pub const QUEUE: usize = 256;
@@ -106,7 +106,7 @@ impl Hub {
         slots: Slots,
     ) -> Result<Self, redis::RedisError> {
         Ok(Self {
-            history: History::new(&client, Keys::of(stream))?,
+            history: History::new(&client, stream)?,
             tickets: Tickets::new(&client, stream)?,
             policy,
             client,
@@ -234,7 +234,7 @@ impl Hub {
 
     /// Hands a published message to the sockets of its user, never waiting.
     fn fan_out(&self, channel: &str, payload: &[u8]) {
-        let Some(user) = notification::channel_user(channel) else {
+        let Some(user) = notify::channel_user(channel) else {
             return;
         };
         let Ok(text) = std::str::from_utf8(payload) else {
@@ -276,7 +276,7 @@ impl Hub {
         loop {
             let attempt = async {
                 let mut pubsub = self.client.get_async_pubsub().await?;
-                pubsub.psubscribe(notification::CHANNEL_PATTERN).await?;
+                pubsub.psubscribe(notify::CHANNEL_PATTERN).await?;
                 pubsub.psubscribe(policy_channels::CHANNEL_PATTERN).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };
@@ -286,7 +286,7 @@ impl Hub {
             };
             match subscribed {
                 Ok(pubsub) => {
-                    tracing::info!("subscribed to {}", notification::CHANNEL_PATTERN);
+                    tracing::info!("subscribed to {}", notify::CHANNEL_PATTERN);
                     backoff = Duration::from_millis(50);
                     // Sockets read what they may have missed while unsubscribed; the policy
                     // reads the invalidations it may have missed from the log.

@@ -1,86 +1,13 @@
-//! Notifications on Redis: how what the relay derives from events (`domain::notification`,
-//! re-exported here) reaches the WebSocket hub.
-//!
-//! The relay publishes each notification as JSON on the Redis channel
-//! `notify.user.<user_id>` and appends it to that user's history, a Redis stream. Both
-//! happen in one Redis script, which also assigns the notification's **offset**:
-//! `<epoch>.<entry id>`, where the entry id is the history stream's (`<ms>-<seq>`, so it
-//! increases per user) and the epoch names the life of the Redis data set. When Redis
-//! loses its data a new epoch starts, and an offset of the old one is known to be
-//! unrecoverable rather than silently taken as complete.
-//!
-//! Keys are namespaced by the JetStream stream (`keel:<stream>:notify:…`), like the UI
-//! cache, so systems and tests that use different streams never share a history. The
-//! channel name is the contract's and is not namespaced; user ids are UUIDs.
+//! Offsets (`<epoch>.<entry id>`), the history entry ids inside them, and the frames a
+//! socket receives.
 
 use std::fmt;
 
-use domain::ids::UserId;
-pub use domain::notification::{Addressed, By, EXCERPT_CHARS, Notification, Trigger};
-use uuid::Uuid;
-
-/// Every user channel, as one pattern subscription.
-pub const CHANNEL_PATTERN: &str = "notify.user.*";
-const CHANNEL_PREFIX: &str = "notify.user.";
-
-/// How many notifications a user's history keeps (the contract asks for at least 100;
-/// PROMISES P11 has a client miss 500 while away).
-pub const HISTORY_LEN: usize = 1000;
-
-/// A user's history (and dedup memory) is dropped after this long without a
-/// notification; a client resuming after that gets `recovery.incomplete`.
-pub const HISTORY_TTL_SECS: u64 = 30 * 24 * 3600;
-
-/// How many of a user's latest notification ids are remembered to drop a redelivery.
-pub const SEEN_LEN: usize = 1000;
+use redis::{FromRedisValue, ParsingError, Value};
 
 /// The frame a socket receives first when its history no longer covers the offset it
 /// asked to resume from.
 pub const RECOVERY_INCOMPLETE: &str = r#"{"type":"recovery.incomplete"}"#;
-
-/// The channel a user's notifications are published on.
-pub fn channel(user: UserId) -> String {
-    format!("{CHANNEL_PREFIX}{user}")
-}
-
-/// The user a channel belongs to, if it is a user channel.
-pub fn channel_user(channel: &str) -> Option<UserId> {
-    channel.strip_prefix(CHANNEL_PREFIX)?.parse().ok()
-}
-
-/// The Redis keys of the notifications of one event stream.
-#[derive(Debug, Clone)]
-pub struct Keys {
-    prefix: String,
-}
-
-impl Keys {
-    pub fn of(stream: &str) -> Self {
-        Self {
-            prefix: format!("keel:{stream}:notify:"),
-        }
-    }
-
-    /// The current epoch (see the module documentation).
-    pub fn epoch(&self) -> String {
-        format!("{}epoch", self.prefix)
-    }
-
-    /// The user's history: a Redis stream of `n` → notification JSON (without offset).
-    pub fn history(&self, user: UserId) -> String {
-        format!("{}history:{user}", self.prefix)
-    }
-
-    /// The ids of the user's latest notifications, scored by event position.
-    pub fn seen(&self, user: UserId) -> String {
-        format!("{}seen:{user}", self.prefix)
-    }
-}
-
-/// A fresh epoch name: 12 lowercase hex digits.
-pub fn new_epoch() -> String {
-    Uuid::new_v4().simple().to_string()[..12].to_owned()
-}
 
 /// A history entry id, `<ms>-<seq>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -147,6 +74,15 @@ pub fn frame(notification_json: &str, offset: &Offset) -> String {
     format!(r#"{{"offset":"{offset}",{rest}"#)
 }
 
+/// The offset the relay's script returns.
+impl FromRedisValue for Offset {
+    fn from_redis_value(value: Value) -> Result<Self, ParsingError> {
+        let text = String::from_redis_value(value)?;
+        text.parse()
+            .map_err(|_| ParsingError::from(format!("not a notification offset: {text:?}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,10 +123,15 @@ mod tests {
     }
 
     #[test]
-    fn channels_name_their_user() {
-        let user = UserId::new();
-        assert_eq!(channel_user(&channel(user)), Some(user));
-        assert_eq!(channel_user("notify.user.not-a-uuid"), None);
-        assert_eq!(channel_user("other"), None);
+    fn the_scripts_reply_reads_as_an_offset_or_none() {
+        let reply = Value::BulkString(b"e1.1700000000000-0".to_vec());
+        let offset: Option<Offset> = redis::from_redis_value(reply).expect("an offset");
+        assert_eq!(
+            offset.map(|o| o.to_string()).as_deref(),
+            Some("e1.1700000000000-0")
+        );
+        let dropped: Option<Offset> = redis::from_redis_value(Value::Nil).expect("nothing");
+        assert_eq!(dropped, None);
+        assert!(redis::from_redis_value::<Offset>(Value::BulkString(b"x".to_vec())).is_err());
     }
 }
