@@ -20,6 +20,7 @@ pub fn router() -> Router<AppState> {
 
 #[derive(Serialize, sqlx::FromRow)]
 struct Author {
+    #[sqlx(try_from = "uuid::Uuid")]
     id: UserId,
     name: String,
     active: bool,
@@ -39,7 +40,7 @@ async fn get_author(
         "SELECT id, name, active, post_count FROM {}.authors WHERE id = $1",
         Projection::Authors.schema()
     ))
-    .bind(id)
+    .bind(id.0)
     .fetch_optional(&state.pool)
     .await
     .map_err(ApiError::internal)?;

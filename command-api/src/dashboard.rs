@@ -125,6 +125,7 @@ struct PostRef {
 
 #[derive(sqlx::FromRow)]
 struct PostRow {
+    #[sqlx(try_from = "uuid::Uuid")]
     id: PostId,
     title: String,
     status: String,
@@ -139,8 +140,11 @@ struct AuthorRef {
 
 #[derive(sqlx::FromRow)]
 struct CommentRow {
+    #[sqlx(try_from = "uuid::Uuid")]
     id: CommentId,
+    #[sqlx(try_from = "uuid::Uuid")]
     post_id: PostId,
+    #[sqlx(try_from = "uuid::Uuid")]
     author_id: UserId,
     author_name: String,
     body: String,
@@ -185,7 +189,7 @@ async fn read(state: &AppState, user: UserId) -> Result<(Position, Dashboard), A
          WHERE author_id = $1 AND status IN ('draft', 'published')
          ORDER BY position DESC"
     ))
-    .bind(user)
+    .bind(user.0)
     .fetch_all(&mut *snapshot)
     .await
     .map_err(ApiError::internal)?;
@@ -195,7 +199,7 @@ async fn read(state: &AppState, user: UserId) -> Result<(Position, Dashboard), A
          FROM {schema}.comments c LEFT JOIN {schema}.users u ON u.id = c.author_id
          WHERE c.recipient = $1 ORDER BY c.position DESC LIMIT $2"
     ))
-    .bind(user)
+    .bind(user.0)
     .bind(RECENT_COMMENTS)
     .fetch_all(&mut *snapshot)
     .await

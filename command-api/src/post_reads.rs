@@ -122,8 +122,10 @@ impl Page {
 
 #[derive(sqlx::FromRow)]
 struct SummaryRow {
+    #[sqlx(try_from = "uuid::Uuid")]
     id: PostId,
     title: String,
+    #[sqlx(try_from = "uuid::Uuid")]
     author_id: UserId,
     author_name: String,
     published_at: DateTime<Utc>,
@@ -165,14 +167,14 @@ async fn list(
         Projection::Authors.schema()
     ));
     if let Some(author) = page.author {
-        query.push(" AND p.author_id = ").push_bind(author);
+        query.push(" AND p.author_id = ").push_bind(author.0);
     }
     if let Some(after) = page.after {
         query
             .push(" AND (p.published_at, p.id) < (")
             .push_bind(after.published_at)
             .push(", ")
-            .push_bind(after.id)
+            .push_bind(after.id.0)
             .push(")");
     }
     // One more than the page: whether it exists says if there is a next page.
@@ -213,19 +215,24 @@ async fn list(
 
 #[derive(sqlx::FromRow)]
 struct PostRow {
+    #[sqlx(try_from = "uuid::Uuid")]
     id: PostId,
     title: String,
     body: String,
     status: String,
+    #[sqlx(try_from = "uuid::Uuid")]
     author_id: UserId,
     author_name: String,
     like_count: i32,
+    #[sqlx(try_from = "i64")]
     version: Version,
 }
 
 #[derive(sqlx::FromRow)]
 struct CommentRow {
+    #[sqlx(try_from = "uuid::Uuid")]
     id: CommentId,
+    #[sqlx(try_from = "uuid::Uuid")]
     author_id: UserId,
     author_name: String,
     body: String,
@@ -277,7 +284,7 @@ async fn get_post(
          FROM {posts}.posts p LEFT JOIN {authors}.authors a ON a.id = p.author_id
          WHERE p.id = $1"
     ))
-    .bind(id)
+    .bind(id.0)
     .fetch_optional(&mut *snapshot)
     .await
     .map_err(ApiError::internal)?;
@@ -290,7 +297,7 @@ async fn get_post(
          FROM {posts}.comments c LEFT JOIN {authors}.authors a ON a.id = c.author_id
          WHERE c.post_id = $1 ORDER BY c.position, c.id"
     ))
-    .bind(id)
+    .bind(id.0)
     .fetch_all(&mut *snapshot)
     .await
     .map_err(ApiError::internal)?;

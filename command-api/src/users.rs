@@ -153,11 +153,13 @@ async fn deactivate(
 /// dashboard's `user`).
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct UserView {
+    #[sqlx(try_from = "uuid::Uuid")]
     pub id: UserId,
     pub email: String,
     pub name: String,
     pub roles: Vec<String>,
     pub active: bool,
+    #[sqlx(try_from = "i64")]
     pub version: Version,
 }
 
@@ -171,7 +173,7 @@ impl UserView {
         sqlx::query_as(&format!(
             "SELECT id, email, name, roles, active, version FROM {schema}.users WHERE id = $1"
         ))
-        .bind(id)
+        .bind(id.0)
         .fetch_optional(executor)
         .await
     }

@@ -36,26 +36,12 @@
 //! (BENCHMARKS.md).
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
 
-use crate::domain::{DecodeError, Event};
-use crate::ids::{EventId, Position, StreamId, UserId, Version};
-
-/// Where an event came from, stored beside it and carried on the bus.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Metadata {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub correlation_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub causation_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub actor_id: Option<UserId>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traceparent: Option<String>,
-}
+use domain::Event;
+use domain::ids::{EventId, Position, StreamId, UserId, Version};
+pub use domain::recorded::{Metadata, RecordedEvent};
 
 /// An event about to be appended at an exact stream version.
 #[derive(Debug, Clone)]
@@ -68,33 +54,49 @@ pub struct NewEvent {
 }
 
 /// Where an appended event landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
     pub event_id: EventId,
     pub position: Position,
     pub recorded_at: DateTime<Utc>,
 }
 
-/// One event as stored in the log.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct RecordedEvent {
-    pub position: Position,
-    pub event_id: EventId,
+/// One row of the log as Postgres returns it ([`COLUMNS`]), before it is a
+/// [`RecordedEvent`]: the domain's types know nothing of SQL.
+#[derive(sqlx::FromRow)]
+pub(crate) struct EventRow {
+    position: i64,
+    event_id: Uuid,
     #[sqlx(try_from = "String")]
-    pub stream_id: StreamId,
-    pub version: Version,
-    pub event_type: String,
-    pub schema_version: i32,
-    pub data: serde_json::Value,
+    stream_id: StreamId,
+    version: i64,
+    event_type: String,
+    schema_version: i32,
+    data: serde_json::Value,
     #[sqlx(json)]
-    pub metadata: Metadata,
-    pub recorded_at: DateTime<Utc>,
+    metadata: Metadata,
+    recorded_at: DateTime<Utc>,
 }
 
-impl RecordedEvent {
-    pub fn decode(&self) -> Result<Event, DecodeError> {
-        Event::decode(&self.event_type, &self.data)
+impl From<EventRow> for RecordedEvent {
+    fn from(row: EventRow) -> Self {
+        Self {
+            position: Position(row.position),
+            event_id: EventId(row.event_id),
+            stream_id: row.stream_id,
+            version: Version(row.version),
+            event_type: row.event_type,
+            schema_version: row.schema_version,
+            data: row.data,
+            metadata: row.metadata,
+            recorded_at: row.recorded_at,
+        }
     }
+}
+
+/// The rows of a `SELECT` of [`COLUMNS`], as recorded events.
+pub(crate) fn recorded(rows: Vec<EventRow>) -> Vec<RecordedEvent> {
+    rows.into_iter().map(RecordedEvent::from).collect()
 }
 
 /// What the appender believes about the stream.
@@ -196,7 +198,7 @@ pub async fn insert(
         data.push(row.event.data());
         metadata.push(serde_json::to_value(&row.metadata).unwrap_or_default());
     }
-    let appended: Vec<Appended> = sqlx::query_as(
+    let appended: Vec<(Uuid, i64, DateTime<Utc>)> = sqlx::query_as(
         "INSERT INTO events (event_id, stream_id, version, event_type, schema_version, data, metadata)
          SELECT event_id, stream_id, version, event_type, schema_version, data, metadata
          FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::int[], $6::jsonb[], $7::jsonb[])
@@ -220,8 +222,12 @@ pub async fn insert(
         .filter_map(|row| {
             appended
                 .iter()
-                .find(|a| a.event_id == row.event_id)
-                .copied()
+                .find(|(event_id, _, _)| *event_id == row.event_id.0)
+                .map(|&(event_id, position, recorded_at)| Appended {
+                    event_id: EventId(event_id),
+                    position: Position(position),
+                    recorded_at,
+                })
         })
         .collect())
 }
@@ -281,7 +287,7 @@ pub async fn read_stream(
     after: Version,
     limit: i64,
 ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-    sqlx::query_as(&format!(
+    sqlx::query_as::<_, EventRow>(&format!(
         "SELECT {COLUMNS} FROM events WHERE stream_id = $1 AND version > $2
          ORDER BY version LIMIT $3"
     ))
@@ -290,6 +296,7 @@ pub async fn read_stream(
     .bind(limit)
     .fetch_all(executor)
     .await
+    .map(recorded)
 }
 
 /// The global log after `after`, in position order. Never skips a committed event.
@@ -298,13 +305,14 @@ pub async fn read_all(
     after: Position,
     limit: i64,
 ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-    sqlx::query_as(&format!(
+    sqlx::query_as::<_, EventRow>(&format!(
         "SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
     ))
     .bind(after.0)
     .bind(limit)
     .fetch_all(executor)
     .await
+    .map(recorded)
 }
 
 /// Takes the append lock, then returns every event of the given streams newer than the
@@ -316,13 +324,14 @@ pub async fn lock_and_read_newer(
 ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
     let streams: Vec<String> = known.iter().map(|(s, _)| s.to_string()).collect();
     let versions: Vec<i64> = known.iter().map(|(_, v)| v.0).collect();
-    sqlx::query_as(&format!(
+    sqlx::query_as::<_, EventRow>(&format!(
         "SELECT {COLUMNS} FROM keel_lock_and_read_newer($1::text[], $2::bigint[])"
     ))
     .bind(streams)
     .bind(versions)
     .fetch_all(conn)
     .await
+    .map(recorded)
 }
 
 /// The position of the newest event (0 for an empty log).

@@ -4,7 +4,7 @@
 
 use sqlx::PgExecutor;
 
-use crate::ids::Position;
+use domain::ids::Position;
 
 /// The channel Postgres notifies after every append (a wake-up hint only).
 pub const APPENDED_CHANNEL: &str = "keel_appended";

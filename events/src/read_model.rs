@@ -12,7 +12,7 @@ use std::fmt;
 
 use sqlx::PgExecutor;
 
-use crate::ids::{Position, UserId};
+use domain::ids::{Position, UserId};
 
 /// A read model and the projection that builds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -201,7 +201,7 @@ pub async fn dead_letter(
              (event_id, position, stream_id, version, event_type, reason)
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING"
     ))
-    .bind(recorded.event_id)
+    .bind(recorded.event_id.0)
     .bind(recorded.position.0)
     .bind(&stream)
     .bind(recorded.version.0)

@@ -323,6 +323,7 @@ impl Notifier {
             .publish(&mut self.redis, addressed, Position(self.next_position))
             .await
             .expect("publishing a notification")
+            .map(|offset| offset.to_string())
     }
 
     /// Publishes to `user` once Redis takes it (it may be restarting), trying for at most
@@ -337,7 +338,7 @@ impl Notifier {
                 self.publisher
                     .publish(&mut self.redis, &addressed, Position(self.next_position));
             match tokio::time::timeout(Duration::from_secs(2), attempt).await {
-                Ok(Ok(Some(offset))) => return offset,
+                Ok(Ok(Some(offset))) => return offset.to_string(),
                 Ok(Ok(None)) => panic!("a fresh notification was taken for a duplicate"),
                 Ok(Err(error)) => last = error.to_string(),
                 Err(_) => last = "no answer within 2 s".to_owned(),

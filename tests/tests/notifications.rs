@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use dev_issuer::TokenRequest;
-use events::notification::HISTORY_LEN;
 use keel_tests::notifications::{
     Connect, Notifier, RunningRelay, Socket, channel_subscribers, connect, try_connect,
 };
@@ -16,6 +15,7 @@ use keel_tests::redis_server::RedisServer;
 use keel_tests::test_app::{mint, test_config};
 use keel_tests::worker_process::WorkerProcess;
 use keel_tests::{JwksServer, TestApp, eventually, fresh_database};
+use notify::HISTORY_LEN;
 use rand::Rng;
 use reqwest::Method;
 use serde_json::{Value, json};

@@ -20,15 +20,15 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::history::History;
+use super::recovery::History;
 use super::slots::Slots;
 use super::subscription::{self, Subscriptions};
 use super::ticket::Tickets;
 use crate::auth::Principal;
 use crate::policy::{Change, Policy};
 use events::ids::UserId;
-use events::notification::{self, Keys, Offset};
 use events::policy as policy_channels;
+use notify::Offset;
 
 /// Frames a socket may have waiting before it counts as too slow.
 pub const QUEUE: usize = 256;
@@ -106,7 +106,7 @@ impl Hub {
         slots: Slots,
     ) -> Result<Self, redis::RedisError> {
         Ok(Self {
-            history: History::new(&client, Keys::of(stream))?,
+            history: History::new(&client, stream)?,
             tickets: Tickets::new(&client, stream)?,
             policy,
             client,
@@ -266,7 +266,7 @@ impl Hub {
     pub(super) fn receive(&self, channel: &str, payload: &[u8]) {
         if let Some(invalidation) = policy_channels::invalidation(channel) {
             self.policy.invalidate(invalidation);
-        } else if let Some(user) = notification::channel_user(channel) {
+        } else if let Some(user) = notify::channel_user(channel) {
             self.received.fetch_add(1, Ordering::Relaxed);
             self.fan_out(user, payload);
         }

@@ -4,7 +4,7 @@
 //! - [`hub`]: this instance's sockets by user; notifications fanned out to bounded queues.
 //! - [`subscription`]: one Redis connection holding the channels of this hub's users.
 //! - [`session`]: one socket: recovery, live frames, keepalive, expiry, closing.
-//! - [`history`]: reads of a user's history in Redis (written by the relay).
+//! - [`recovery`]: reads of a user's history in Redis (written by the relay).
 //!
 //! The upgrade is refused (RFC 9457, before any socket exists) for a token in the query
 //! string (401), an Origin not in `KEEL_ALLOWED_ORIGINS` (403), a missing, invalid or
@@ -16,8 +16,8 @@
 //! `ticket.<ticket>` and optionally `last-event-id.<offset>` (`bearer.<jwt>` is still
 //! accepted); the server selects `keel.v1` and never echoes (or logs) the others.
 
-pub mod history;
 pub mod hub;
+pub mod recovery;
 pub mod session;
 pub mod slots;
 pub mod subscription;
@@ -35,8 +35,7 @@ use axum::routing::{get, post};
 use crate::auth::Principal;
 use crate::error::{ApiError, FieldError, problem};
 use crate::state::AppState;
-use events::notification::Offset;
-use history::Cursor;
+use notify::{Delivered, Offset};
 use session::Session;
 
 /// The subprotocol the server speaks (and the only one it ever selects).
@@ -192,7 +191,7 @@ async fn open(
         .tail(principal.user_id)
         .await
         .map_err(|error| redis_unavailable("reading the notification history", &error))?;
-    let cursor = resume.map_or(tail, Cursor::at);
+    let cursor = resume.map_or(tail, Delivered::up_to);
     let session = Session {
         hub: hub.clone(),
         principal,

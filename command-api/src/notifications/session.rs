@@ -12,10 +12,9 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 
-use super::history::{CatchUp, Cursor};
 use super::hub::{Hub, Live, Registration};
 use crate::auth::Principal;
-use events::notification;
+use notify::{CatchUp, Delivered, ReadError};
 
 /// How often the server pings; a socket that answered nothing for two of them is dropped.
 pub const PING_EVERY: Duration = Duration::from_secs(20);
@@ -40,7 +39,7 @@ pub struct Session {
     /// Where the socket starts: the offset the client resumes after, or the newest
     /// notification when it connected (read before the upgrade was accepted, so nothing
     /// published after the client saw its socket open is missed).
-    pub cursor: Cursor,
+    pub cursor: Delivered,
 }
 
 /// Why a session ends.
@@ -175,7 +174,7 @@ impl Session {
         &self,
         registration: &mut Registration,
         sink: &mut Sink,
-        cursor: &mut Cursor,
+        cursor: &mut Delivered,
         live: Live,
     ) -> Result<(), End> {
         if cursor.epoch.as_ref() != Some(&live.offset.epoch) {
@@ -201,12 +200,12 @@ impl Session {
         &self,
         registration: &mut Registration,
         sink: &mut Sink,
-        cursor: &mut Cursor,
+        cursor: &mut Delivered,
     ) -> Result<(), End> {
         let CatchUp {
             complete,
             entries,
-            cursor: next,
+            delivered: next,
         } = tokio::select! {
             read = self.hub.history.after(self.principal.user_id, cursor) => match read {
                 Ok(read) => read,
@@ -218,7 +217,7 @@ impl Session {
             self.send(
                 registration,
                 sink,
-                Message::Text(Utf8Bytes::from_static(notification::RECOVERY_INCOMPLETE)),
+                Message::Text(Utf8Bytes::from_static(notify::RECOVERY_INCOMPLETE)),
             )
             .await?;
         }
@@ -226,7 +225,7 @@ impl Session {
             self.send(
                 registration,
                 sink,
-                Message::Text(notification::frame(&json, &offset).into()),
+                Message::Text(notify::frame(&json, &offset).into()),
             )
             .await?;
         }
@@ -254,7 +253,7 @@ impl Session {
         }
     }
 
-    fn unavailable(&self, error: &super::history::HistoryError) -> End {
+    fn unavailable(&self, error: &ReadError) -> End {
         tracing::warn!(error = %error, "notification history unavailable; closing the socket");
         End::HistoryUnavailable
     }

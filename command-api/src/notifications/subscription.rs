@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::hub::Hub;
 use events::ids::UserId;
-use events::notification;
+
 use events::policy as policy_channels;
 
 /// Subscription requests (one per socket being registered) that may wait for the task.
@@ -89,7 +89,7 @@ impl Channels {
         for batch in users.chunks(BATCH) {
             let confirmations = batch.iter().map(|&user| {
                 let mut sink = self.sink.clone();
-                async move { sink.subscribe(notification::channel(user)).await }
+                async move { sink.subscribe(notify::channel(user)).await }
             });
             answered(try_join_all(confirmations))
                 .await?
@@ -103,7 +103,7 @@ impl Channels {
         for batch in users.chunks(BATCH) {
             let confirmations = batch.iter().map(|&user| {
                 let mut sink = self.sink.clone();
-                async move { sink.unsubscribe(notification::channel(user)).await }
+                async move { sink.unsubscribe(notify::channel(user)).await }
             });
             answered(try_join_all(confirmations))
                 .await?

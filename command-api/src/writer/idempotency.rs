@@ -41,6 +41,7 @@ pub type StoredResponses = HashMap<(UserId, String), (Vec<u8>, StoredResponse)>;
 
 #[derive(sqlx::FromRow)]
 struct StoredRow {
+    #[sqlx(try_from = "uuid::Uuid")]
     principal: UserId,
     key: String,
     request_hash: Vec<u8>,

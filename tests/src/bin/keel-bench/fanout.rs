@@ -343,9 +343,7 @@ fn probe(
     let client = redis::Client::open(redis_url)?;
     Ok(tokio::spawn(async move {
         let mut pubsub = client.get_async_pubsub().await?;
-        pubsub
-            .psubscribe(events::notification::CHANNEL_PATTERN)
-            .await?;
+        pubsub.psubscribe(notify::CHANNEL_PATTERN).await?;
         let mut messages = pubsub.on_message();
         let mut latencies = Vec::new();
         loop {

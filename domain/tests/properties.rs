@@ -1,4 +1,4 @@
-//! Property tests of the shared core: event payloads and the CloudEvents envelope
+//! Property tests of the domain: event payloads and the CloudEvents envelope
 //! round-trip, and the deciders keep their invariants over random command sequences.
 
 use std::collections::{BTreeSet, HashMap};
@@ -6,20 +6,20 @@ use std::collections::{BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use cloudevents::event::{ExtensionValue, SpecVersion};
 use cloudevents::{AttributesReader, Data};
-use events::domain::post::{
+use domain::envelope;
+use domain::ids::{CommentId, EventId, Position, PostId, StreamId, TokenId, UserId, Version};
+use domain::post::{
     CommentAdded, PostCreated, PostDeleted, PostLiked, PostPublished, PostUnliked, PostUpdated,
 };
-use events::domain::token::TokenRevoked;
-use events::domain::user::{
+use domain::recorded::{Metadata, RecordedEvent};
+use domain::token::TokenRevoked;
+use domain::user::{
     UserDeactivated, UserRegistered, UserRoleChanged, UserTokensRevoked, UserUpdated,
 };
-use events::domain::{
+use domain::{
     Actor, Command, CommentBody, DomainError, Email, Event, Name, PostBody, PostCommand, PostEvent,
     PostStatus, Role, Standing, State, Title, TokenEvent, UserCommand, UserEvent,
 };
-use events::envelope;
-use events::event_log::{Metadata, RecordedEvent};
-use events::ids::{CommentId, EventId, Position, PostId, StreamId, TokenId, UserId, Version};
 use proptest::prelude::*;
 use proptest::sample::select;
 use uuid::Uuid;

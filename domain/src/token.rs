@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::values::Jti;
-use super::{Actor, DomainError};
+use crate::aggregate::{Actor, DomainError};
+use crate::values::Jti;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
@@ -77,7 +77,7 @@ pub fn apply(state: &mut Option<Token>, event: &TokenEvent) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Standing;
+    use crate::aggregate::Standing;
     use crate::ids::UserId;
 
     fn admin() -> Actor {

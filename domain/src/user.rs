@@ -2,9 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::values::{Email, Name, Role};
-use super::{Actor, DomainError};
+use crate::aggregate::{Actor, DomainError};
 use crate::ids::UserId;
+use crate::values::{Email, Name, Role};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
@@ -251,7 +251,7 @@ pub fn apply(state: &mut Option<User>, event: &UserEvent) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Standing;
+    use crate::aggregate::Standing;
 
     fn ada() -> UserId {
         UserId(uuid::Uuid::from_u128(1))

@@ -1,21 +1,15 @@
-//! The domain: one event enum and one pure decider per aggregate.
+//! The deciders behind one interface: a command addressed to one aggregate, the state it
+//! is decided against, who sends it and why it may be refused.
 //!
 //! `decide(state, actor, command) -> events` holds every business rule, including who
 //! may do what; `apply(state, event)` folds an event into the state. No I/O, no clock:
 //! ids and the actor come in as arguments, so both are tested as given/when/then.
 
-pub mod post;
-pub mod token;
-pub mod user;
-pub mod values;
-
-use serde::{Deserialize, Serialize};
-
-use crate::ids::{PostId, StreamId, TokenId, UserId};
-pub use post::{Post, PostCommand, PostEvent, PostStatus};
-pub use token::{Token, TokenCommand, TokenEvent};
-pub use user::{User, UserCommand, UserEvent};
-pub use values::{CommentBody, Email, Invalid, Jti, Name, PostBody, Role, Title};
+use crate::event::Event;
+use crate::ids::{AggregateKind, PostId, StreamId, TokenId, UserId};
+use crate::post::{self, Post, PostCommand};
+use crate::token::{self, Token, TokenCommand};
+use crate::user::{self, User, UserCommand};
 
 /// Where the acting user stands in Keel's own records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,14 +30,14 @@ pub struct Actor {
 
 impl Actor {
     /// Every command of a deactivated user is refused.
-    fn ensure_not_deactivated(&self) -> Result<(), DomainError> {
+    pub(crate) fn ensure_not_deactivated(&self) -> Result<(), DomainError> {
         if self.standing == Standing::Deactivated {
             return Err(DomainError::Forbidden("your account is deactivated"));
         }
         Ok(())
     }
 
-    fn ensure_active(&self) -> Result<(), DomainError> {
+    pub(crate) fn ensure_active(&self) -> Result<(), DomainError> {
         self.ensure_not_deactivated()?;
         if self.standing == Standing::Unregistered {
             return Err(DomainError::Forbidden("register first (POST /api/users)"));
@@ -61,72 +55,6 @@ pub enum DomainError {
     Forbidden(&'static str),
     #[error("{0}")]
     Conflict(&'static str),
-}
-
-/// Every domain event, as stored in the log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Event {
-    User(UserEvent),
-    Post(PostEvent),
-    Token(TokenEvent),
-}
-
-/// An event type or payload the code does not know.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot decode event of type {event_type:?}")]
-pub struct DecodeError {
-    pub event_type: String,
-    #[source]
-    pub source: serde_json::Error,
-}
-
-impl Event {
-    /// The CloudEvents `type`, e.g. `user.registered`.
-    pub fn event_type(&self) -> &'static str {
-        match self {
-            Event::User(e) => e.event_type(),
-            Event::Post(e) => e.event_type(),
-            Event::Token(e) => e.event_type(),
-        }
-    }
-
-    /// Version of the payload's JSON Schema (`schemas/events/<type>.v<n>.json`).
-    pub fn schema_version(&self) -> i32 {
-        1
-    }
-
-    /// The payload (`data`) alone.
-    pub fn data(&self) -> serde_json::Value {
-        let tagged = match self {
-            Event::User(e) => serde_json::to_value(e),
-            Event::Post(e) => serde_json::to_value(e),
-            Event::Token(e) => serde_json::to_value(e),
-        };
-        match tagged {
-            Ok(serde_json::Value::Object(mut fields)) => {
-                fields.remove("data").unwrap_or(serde_json::Value::Null)
-            }
-            // Events are plain structs of strings, ids and lists: serializing cannot fail.
-            _ => serde_json::Value::Null,
-        }
-    }
-
-    /// Rebuilds an event from its stored type and payload.
-    pub fn decode(event_type: &str, data: &serde_json::Value) -> Result<Event, DecodeError> {
-        let tagged = serde_json::json!({ "type": event_type, "data": data });
-        let decoded = if event_type.starts_with("user.") {
-            serde_json::from_value(tagged).map(Event::User)
-        } else if event_type.starts_with("token.") {
-            serde_json::from_value(tagged).map(Event::Token)
-        } else {
-            serde_json::from_value(tagged).map(Event::Post)
-        };
-        decoded.map_err(|source| DecodeError {
-            event_type: event_type.to_owned(),
-            source,
-        })
-    }
 }
 
 /// A command addressed to one aggregate.
@@ -159,9 +87,9 @@ impl State {
     /// The state of a stream with no events yet.
     pub fn initial(stream: &StreamId) -> State {
         match stream.kind() {
-            crate::ids::AggregateKind::User => State::User(None),
-            crate::ids::AggregateKind::Post => State::Post(None),
-            crate::ids::AggregateKind::Token => State::Token(None),
+            AggregateKind::User => State::User(None),
+            AggregateKind::Post => State::Post(None),
+            AggregateKind::Token => State::Token(None),
         }
     }
 

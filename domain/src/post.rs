@@ -8,9 +8,9 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::values::{CommentBody, PostBody, Title};
-use super::{Actor, DomainError};
+use crate::aggregate::{Actor, DomainError};
 use crate::ids::{CommentId, PostId, UserId};
+use crate::values::{CommentBody, PostBody, Title};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
@@ -312,7 +312,7 @@ pub fn apply(state: &mut Option<Post>, event: &PostEvent) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Standing;
+    use crate::aggregate::Standing;
 
     fn post_id() -> PostId {
         PostId(uuid::Uuid::from_u128(10))

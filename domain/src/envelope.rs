@@ -8,8 +8,8 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::event_log::RecordedEvent;
 use crate::ids::EventId;
+use crate::recorded::RecordedEvent;
 
 /// The `source` attribute: which Keel service owns events of this type.
 pub fn source(event_type: &str) -> &'static str {
@@ -124,7 +124,7 @@ pub fn from_bytes(body: &[u8]) -> Result<RecordedEvent, NotAnEvent> {
         event_type: incoming.event_type,
         schema_version,
         data: incoming.data,
-        metadata: crate::event_log::Metadata {
+        metadata: crate::recorded::Metadata {
             correlation_id: incoming.correlationid,
             causation_id: incoming.causationid,
             actor_id: None,
@@ -138,8 +138,8 @@ pub fn from_bytes(body: &[u8]) -> Result<RecordedEvent, NotAnEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event_log::Metadata;
     use crate::ids::{Position, StreamId, UserId, Version};
+    use crate::recorded::Metadata;
 
     #[test]
     fn a_message_body_reads_back_into_the_logged_event() {
