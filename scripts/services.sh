@@ -130,13 +130,17 @@ redis_rules() {
   esac
 }
 
-# The JetStream API subjects a durable consumer's owner needs for consumer $1.
+# The JetStream API subjects a durable consumer's owner needs for consumer $1, and for
+# its partitions' consumers $1-0 … $1-63 (KEEL_PARTITIONS is at most 64).
 nats_consumer_subjects() {
-  printf '"$JS.API.CONSUMER.CREATE.*.%s", ' "$1"
-  printf '"$JS.API.CONSUMER.CREATE.*.%s.>", ' "$1"
-  printf '"$JS.API.CONSUMER.INFO.*.%s", ' "$1"
-  printf '"$JS.API.CONSUMER.MSG.NEXT.*.%s", ' "$1"
-  printf '"$JS.ACK.*.%s.>", ' "$1"
+  local name
+  for name in "$1" $(printf "$1-%d " $(seq 0 63)); do
+    printf '"$JS.API.CONSUMER.CREATE.*.%s", ' "$name"
+    printf '"$JS.API.CONSUMER.CREATE.*.%s.>", ' "$name"
+    printf '"$JS.API.CONSUMER.INFO.*.%s", ' "$name"
+    printf '"$JS.API.CONSUMER.MSG.NEXT.*.%s", ' "$name"
+    printf '"$JS.ACK.*.%s.>", ' "$name"
+  done
 }
 
 # The NATS permissions of process $1. Event subjects: the demo's `events.>` and the

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
+use events::partitions::Partitions;
 
 /// A durable pull consumer as Keel runs it: every message acknowledged explicitly (after
 /// its effects are committed), redelivered after `ack_wait` without one, from the start of
@@ -10,9 +11,12 @@ use async_nats::jetstream::{self, consumer};
 /// call: the dead-letter queue).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Durable {
-    /// The durable name (`projector-<name>`, `relay-notifications`).
+    /// The durable name (`projector-<name>`, `relay-notifications`; with partitions
+    /// `projector-<name>-<p>`, `relay-notifications-<p>`).
     pub name: String,
     pub filter_subject: String,
+    /// The partitions the stream must have: the filter relies on them.
+    pub partitions: Partitions,
     pub ack_wait: Duration,
     /// How many messages may be delivered and not yet acknowledged.
     pub max_ack_pending: i64,
@@ -25,6 +29,14 @@ pub enum ProvisionError {
         stream: String,
         #[source]
         source: jetstream::context::GetStreamError,
+    },
+    #[error(
+        "the event stream {stream} has {recorded} partition(s), this consumer expects {expected}"
+    )]
+    Partitions {
+        stream: String,
+        recorded: String,
+        expected: Partitions,
     },
     #[error("cannot create or open the durable consumer {consumer}")]
     Consumer {
@@ -66,6 +78,14 @@ impl Durable {
                     stream: stream.to_owned(),
                     source,
                 })?;
+        let recorded = Partitions::recorded(handle.cached_info().config.description.as_deref());
+        if recorded != Ok(self.partitions) {
+            return Err(ProvisionError::Partitions {
+                stream: stream.to_owned(),
+                recorded: recorded.map_or_else(|e| e.to_string(), |p| p.to_string()),
+                expected: self.partitions,
+            });
+        }
         let failed = |source| ProvisionError::Consumer {
             consumer: self.name.clone(),
             source,
@@ -92,6 +112,7 @@ mod tests {
         let config = Durable {
             name: "projector-posts".to_owned(),
             filter_subject: "events.post.>".to_owned(),
+            partitions: Partitions::ONE,
             ack_wait: Duration::from_secs(10),
             max_ack_pending: 2000,
         }

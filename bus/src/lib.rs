@@ -11,12 +11,13 @@
 //! - [`retry`]: one retry loop with exponential backoff, until done or stopped.
 //! - [`dead_letter_queue`]: the `<stream>_DLQ` stream, where a consumer gives up on a
 //!   message.
-//! - [`lease`]: one active instance at a time, as a lease the consumer holds.
+//! - [`partitioned`]: N instances sharing the stream's partitions, a task per partition
+//!   owned.
 //! - [`chain`]: an error and its sources on one line, for logs.
 
 pub mod dead_letter_queue;
 pub mod durable;
-pub mod lease;
+pub mod partitioned;
 pub mod pull;
 pub mod retry;
 pub mod settings;
@@ -24,7 +25,6 @@ pub mod settle;
 
 pub use crate::dead_letter_queue::{DeadLetterError, DeadLetterQueue, Letter};
 pub use crate::durable::{Durable, ProvisionError};
-pub use crate::lease::{Lease, LeaseError, Terms};
 pub use crate::pull::{Batching, Next, Pull, PullError};
 pub use crate::retry::{Backoff, Retries, retry_until};
 pub use crate::settings::{ConnectError, Settings};

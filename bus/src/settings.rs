@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use async_nats::jetstream;
 use clap::Args;
+use events::partitions::Partitions;
 use events::tls::PrivateCa;
 use sqlx::PgPool;
 
@@ -66,7 +67,8 @@ pub struct Settings {
     #[arg(long, env = "KEEL_STREAM", default_value = "EVENTS", global = true)]
     pub stream: String,
 
-    /// Subject prefix: events arrive on `<prefix>.<type>`.
+    /// Subject prefix: events arrive on `<prefix>.<type>` (`<prefix>.<type>.<partition>`
+    /// with several partitions).
     #[arg(
         long,
         env = "KEEL_SUBJECT_PREFIX",
@@ -74,6 +76,12 @@ pub struct Settings {
         global = true
     )]
     pub subject_prefix: String,
+
+    /// Partitions of the stream (the publisher's `KEEL_PARTITIONS`; a stream made with
+    /// another count refuses the start). With P > 1 the instances of a worker share the
+    /// partitions, each owned by one instance at a time.
+    #[arg(long, env = "KEEL_PARTITIONS", default_value = "1", global = true)]
+    pub partitions: Partitions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +94,14 @@ pub enum ConnectError {
     Redis(#[source] redis::RedisError),
     #[error(transparent)]
     Nats(events::nats::ConnectError),
+    #[error(
+        "JetStream stream {stream} has {recorded} partition(s) and KEEL_PARTITIONS is {configured} (partitions are fixed for a stream's life)"
+    )]
+    Partitions {
+        stream: String,
+        recorded: Partitions,
+        configured: Partitions,
+    },
 }
 
 impl Settings {
@@ -106,12 +122,23 @@ impl Settings {
         .await?)
     }
 
-    /// Connects to NATS (retried in the background while it is away) for JetStream.
+    /// Connects to NATS (retried in the background while it is away) for JetStream, and
+    /// checks that the stream, if it exists already, has the configured partitions.
     pub async fn jetstream(&self, ca: &PrivateCa) -> Result<jetstream::Context, ConnectError> {
         let nats = events::nats::connect(ca.nats(), &self.nats_url, self.nats_creds.as_deref())
             .await
             .map_err(ConnectError::Nats)?;
-        Ok(jetstream::new(nats))
+        let context = jetstream::new(nats);
+        if let Some(recorded) = recorded_partitions(&context, &self.stream).await
+            && recorded != self.partitions
+        {
+            return Err(ConnectError::Partitions {
+                stream: self.stream.clone(),
+                recorded,
+                configured: self.partitions,
+            });
+        }
+        Ok(context)
     }
 
     /// A Redis client (it connects when first used).
@@ -119,3 +146,16 @@ impl Settings {
         ca.redis(&self.redis_url).map_err(ConnectError::Redis)
     }
 }
+
+/// The partitions the stream records, when it can be read now (it may not exist yet, or
+/// NATS may be away: the durable consumers check again when they start).
+pub async fn recorded_partitions(context: &jetstream::Context, stream: &str) -> Option<Partitions> {
+    let info = tokio::time::timeout(CHECK_TIMEOUT, context.get_stream(stream))
+        .await
+        .ok()?
+        .ok()?;
+    Partitions::recorded(info.cached_info().config.description.as_deref()).ok()
+}
+
+/// How long the start waits to read the stream's partitions.
+const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);

@@ -158,13 +158,33 @@ impl Member {
         tx.commit().await
     }
 
-    /// Fencing, inside the transaction that commits work of `lease`: see [`hold`].
-    pub async fn hold(
-        &self,
-        executor: impl PgExecutor<'_>,
-        lease: Lease,
-    ) -> Result<bool, sqlx::Error> {
-        hold(executor, &self.group, &self.name, lease).await
+    /// The fence of `lease`, held by this member: what its work checks before committing.
+    pub fn fence(&self, lease: Lease) -> Fence {
+        Fence {
+            group: self.group.clone(),
+            owner: self.name.clone(),
+            lease,
+        }
+    }
+}
+
+/// A partition's lease as its owner's work carries it: whom to check, at which epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub group: String,
+    pub owner: String,
+    pub lease: Lease,
+}
+
+impl Fence {
+    pub fn partition(&self) -> u32 {
+        self.lease.partition
+    }
+
+    /// Inside the transaction that commits work of the partition: see [`hold`]. Outside
+    /// one (work that commits elsewhere, such as a Redis publish), a check just before.
+    pub async fn hold(&self, executor: impl PgExecutor<'_>) -> Result<bool, sqlx::Error> {
+        hold(executor, &self.group, &self.owner, self.lease).await
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`lease`]: P partitions shared by a consumer group's instances, one owner each, fenced.
 //! - [`nats`]: connecting to NATS as a principal; the dead-letter stream's names.
 //! - [`outbox`]: the publisher's checkpoint and republish requests (the log is the outbox).
+//! - [`partitions`]: `KEEL_PARTITIONS`: which partition an event is in, and its subject.
 //! - [`policy`]: a user's policy, the policy events and the revocations, read from the log.
 //! - [`process`]: logging and the stop signal, the same in every binary.
 //! - [`read_model`]: the projections, where their models live, how far each has applied.
@@ -26,6 +27,7 @@ pub mod leader;
 pub mod lease;
 pub mod nats;
 pub mod outbox;
+pub mod partitions;
 pub mod policy;
 pub mod process;
 pub mod read_model;

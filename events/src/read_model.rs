@@ -71,14 +71,6 @@ impl Projection {
         }
     }
 
-    /// Its subject filter under `<prefix>`: user and token streams span `user.*` and
-    /// `token.*`, post streams `post.*` and `comment.*`, so every projection reads
-    /// everything (the server, NATS 2.9, takes one filter per consumer) and skips the
-    /// streams it does not read.
-    pub fn filter_subject(self, subject_prefix: &str) -> String {
-        format!("{subject_prefix}.>")
-    }
-
     /// Whether an event of `stream_id` belongs to this projection.
     pub fn reads(self, stream_id: &str) -> bool {
         self.stream_prefixes()

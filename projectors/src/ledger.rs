@@ -43,6 +43,8 @@ pub enum ApplyError {
     },
     #[error("the read model's bookkeeping failed")]
     Bookkeeping(#[source] sqlx::Error),
+    #[error("this instance no longer owns the partition")]
+    LeaseLost,
 }
 
 impl ApplyError {
@@ -51,6 +53,7 @@ impl ApplyError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             ApplyError::Decode { .. } => false,
+            ApplyError::LeaseLost => true,
             ApplyError::Model { source, .. } | ApplyError::Bookkeeping(source) => {
                 is_unavailable(source)
             }

@@ -12,7 +12,9 @@
 //! - [`operations`]: `status`, `dead-letters list|replay`.
 //! - [`ui_cache`]: dashboard invalidation and policy announcements in Redis.
 //! - [`tail`]: prints the stream as it arrives (an operator's window on the bus).
-//! - [`build`] opens everything and returns [`Workers`], which run until stopped.
+//! - [`build`] opens everything and returns [`Workers`], which run until stopped. With
+//!   several partitions (`KEEL_PARTITIONS`), each projection's instances share them: the
+//!   instance runs a loop per partition it owns (`bus::partitioned`).
 
 pub mod config;
 pub mod ledger;
@@ -32,7 +34,8 @@ use tokio_util::sync::CancellationToken;
 pub use crate::config::Config;
 use crate::projector::Projector;
 use crate::ui_cache::UiCache;
-use bus::{ConnectError, DeadLetterQueue};
+use bus::{ConnectError, DeadLetterQueue, partitioned};
+use events::partitions::Partitions;
 use events::read_model::Projection;
 
 /// Connections per process: one per projection's batch, plus idle checkpoints.
@@ -50,6 +53,7 @@ pub async fn open(config: &Config) -> Result<(PgPool, UiCache), ConnectError> {
 /// The projections of one process, ready to run.
 pub struct Workers {
     projectors: Vec<Projector>,
+    pool: PgPool,
 }
 
 /// Opens Postgres, NATS (retried in the background while it is away) and Redis, and
@@ -69,9 +73,11 @@ pub async fn build(config: &Config, projections: &[Projection]) -> Result<Worker
             subject_prefix: settings.subject_prefix.clone(),
             dead_letters: DeadLetterQueue::of(&settings.subject_prefix),
             cache: cache.clone(),
+            partitions: settings.partitions,
+            partition: None,
         })
         .collect();
-    Ok(Workers { projectors })
+    Ok(Workers { projectors, pool })
 }
 
 impl Workers {
@@ -80,7 +86,24 @@ impl Workers {
         let stop = CancellationToken::new();
         let mut running = JoinSet::new();
         for projector in self.projectors {
-            running.spawn(projector.run(stop.clone()));
+            if projector.partitions == Partitions::ONE {
+                running.spawn(projector.run(stop.clone()));
+                continue;
+            }
+            let member =
+                partitioned::member(&projector.projection.consumer(), projector.partitions);
+            running.spawn(partitioned::run(
+                member,
+                self.pool.clone(),
+                stop.clone(),
+                move |fence, stop| {
+                    let partition = Projector {
+                        partition: Some(fence),
+                        ..projector.clone()
+                    };
+                    partition.run(stop)
+                },
+            ));
         }
         shutdown.await;
         stop.cancel();

@@ -19,14 +19,48 @@ pub struct Status {
     pub head: i64,
     pub lag: i64,
     pub dead_letters: i64,
+    /// With several partitions: each one's owner (none with one partition).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<PartitionOwner>,
+}
+
+/// Who owns one partition of a projection.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PartitionOwner {
+    pub partition: u32,
+    /// The owning instance, while its lease runs (`None`: nobody now).
+    pub owner: Option<String>,
+    /// Grows each time the partition changes hands.
+    pub epoch: i64,
 }
 
 impl std::fmt::Display for Status {
+    /// `<name> position=… head=… lag=… dead_letters=…`, and with several partitions
+    /// ` partitions=<P> owners=<instance>:<count>,…` (`-` counts the unowned).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
             "{} position={} head={} lag={} dead_letters={}",
             self.name, self.position, self.head, self.lag, self.dead_letters
+        )?;
+        if self.partitions.is_empty() {
+            return Ok(());
+        }
+        let mut owners = std::collections::BTreeMap::<&str, usize>::new();
+        for partition in &self.partitions {
+            *owners
+                .entry(partition.owner.as_deref().unwrap_or("-"))
+                .or_default() += 1;
+        }
+        let owners: Vec<String> = owners
+            .iter()
+            .map(|(owner, count)| format!("{owner}:{count}"))
+            .collect();
+        write!(
+            f,
+            " partitions={} owners={}",
+            self.partitions.len(),
+            owners.join(",")
         )
     }
 }
@@ -46,12 +80,22 @@ pub async fn status(pool: &PgPool) -> Result<Vec<Status>, sqlx::Error> {
         ))
         .fetch_one(pool)
         .await?;
+        let partitions = events::lease::owners(pool, &projection.consumer())
+            .await?
+            .into_iter()
+            .map(|owner| PartitionOwner {
+                partition: owner.partition,
+                owner: owner.owner.filter(|_| owner.live),
+                epoch: owner.epoch,
+            })
+            .collect();
         lines.push(Status {
             name: projection.name(),
             position,
             head,
             lag: head - position,
             dead_letters,
+            partitions,
         });
     }
     Ok(lines)

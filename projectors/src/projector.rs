@@ -1,5 +1,7 @@
 //! One projection's live loop: a durable pull consumer (`projector-<name>`, `bus`) on the
-//! event stream, applied in batches.
+//! event stream, applied in batches. With several partitions, one such loop runs per
+//! partition this instance owns (`projector-<name>-<p>`), and every commit is fenced: it
+//! happens only while the partition's lease is still this instance's.
 //!
 //! A batch is applied in one Postgres transaction together with its bookkeeping (versions
 //! per stream, checkpoint), then acknowledged; a crash before the commit leaves nothing
@@ -26,6 +28,8 @@ use bus::{
 use events::envelope;
 use events::event_log::RecordedEvent;
 use events::ids::{AggregateKind, UserId};
+use events::lease::Fence;
+use events::partitions::Partitions;
 use events::policy;
 use events::read_model::{self, Projection};
 
@@ -69,7 +73,16 @@ pub enum ProjectorError {
     Apply(#[from] ApplyError),
 }
 
-/// One projection, live.
+impl ProjectorError {
+    /// The partition went to another instance: this loop ends (the group's tick starts a
+    /// new one if it comes back).
+    fn lease_lost(&self) -> bool {
+        matches!(self, ProjectorError::Apply(ApplyError::LeaseLost))
+    }
+}
+
+/// One projection, live: the whole stream, or one partition of it.
+#[derive(Clone)]
 pub struct Projector {
     pub projection: Projection,
     pub pool: PgPool,
@@ -79,6 +92,10 @@ pub struct Projector {
     pub subject_prefix: String,
     pub dead_letters: DeadLetterQueue,
     pub cache: Arc<UiCache>,
+    pub partitions: Partitions,
+    /// The partition this loop owns (`None`: one partition, shared by every instance
+    /// through one durable consumer, the per-stream ledger keeping the order).
+    pub partition: Option<Fence>,
 }
 
 type Delivery = (jetstream::Message, RecordedEvent);
@@ -88,14 +105,19 @@ impl Projector {
         self.projection.schema()
     }
 
-    /// Consumes until `stop`; reconnects with backoff whatever fails.
+    /// Consumes until `stop` (or until the partition is lost); reconnects with backoff
+    /// whatever else fails.
     pub async fn run(self, stop: CancellationToken) {
         let mut retries = retry_until(&stop, BACKOFF);
         while retries.next().await.is_some() {
             match self.consume(&stop).await {
                 Ok(()) => return,
+                Err(error) if error.lease_lost() => {
+                    tracing::info!(consumer = %self.consumer(), "partition lost; stopping");
+                    return;
+                }
                 Err(error) => tracing::warn!(
-                    consumer = %self.projection.consumer(),
+                    consumer = %self.consumer(),
                     error = %chain(&error),
                     "projection paused; retrying"
                 ),
@@ -103,13 +125,39 @@ impl Projector {
         }
     }
 
-    /// The projection's durable consumer.
+    /// The durable consumer's name: `projector-<name>`, `projector-<name>-<p>` for a
+    /// partition.
+    pub fn consumer(&self) -> String {
+        match &self.partition {
+            None => self.projection.consumer(),
+            Some(fence) => format!("{}-{}", self.projection.consumer(), fence.partition()),
+        }
+    }
+
+    /// The projection's durable consumer (of its partition). It reads every event type:
+    /// user and token streams span `user.*` and `token.*`, post streams `post.*` and
+    /// `comment.*`, and the server (NATS 2.9) takes one filter per consumer, so the
+    /// projection skips the streams it does not read.
     pub fn durable(&self) -> Durable {
+        let partition = self.partition.as_ref().map_or(0, Fence::partition);
         Durable {
-            name: self.projection.consumer(),
-            filter_subject: self.projection.filter_subject(&self.subject_prefix),
+            name: self.consumer(),
+            filter_subject: self.partitions.filter(&self.subject_prefix, partition),
+            partitions: self.partitions,
             ack_wait: ACK_WAIT,
             max_ack_pending: (BATCH * 4) as i64,
+        }
+    }
+
+    /// Whether this loop may still commit: always with one partition; else while its
+    /// lease holds (locked until `tx` ends).
+    async fn fenced(&self, tx: &mut sqlx::PgConnection) -> Result<(), ApplyError> {
+        let Some(fence) = &self.partition else {
+            return Ok(());
+        };
+        match fence.hold(tx).await.map_err(ApplyError::Bookkeeping)? {
+            true => Ok(()),
+            false => Err(ApplyError::LeaseLost),
         }
     }
 
@@ -119,7 +167,7 @@ impl Projector {
             .provision(&self.jetstream, &self.stream)
             .await?;
         let mut pull = Pull::start(&consumer, BATCHING).await?;
-        tracing::info!(consumer = %self.projection.consumer(), "projection consuming");
+        tracing::info!(consumer = %self.consumer(), "projection consuming");
         loop {
             // Stop only between batches: the batch in hand is finished first.
             match pull.next(stop, IDLE).await? {
@@ -171,7 +219,7 @@ impl Projector {
             }
             Err(error) => {
                 tracing::warn!(
-                    consumer = %self.projection.consumer(),
+                    consumer = %self.consumer(),
                     error = %chain(&error),
                     "batch failed; applying its events one at a time"
                 );
@@ -216,6 +264,7 @@ impl Projector {
         ledger::lock(&mut tx, self.projection)
             .await
             .map_err(ApplyError::Bookkeeping)?;
+        self.fenced(&mut tx).await?;
         let outcomes =
             ledger::apply(&mut tx, self.projection, self.schema(), events, stale).await?;
         read_model::advance_checkpoint(&mut *tx, self.projection, self.schema())
@@ -249,7 +298,7 @@ impl Projector {
                     }
                     Err(error) if attempt < ATTEMPTS => {
                         tracing::warn!(
-                            consumer = %self.projection.consumer(),
+                            consumer = %self.consumer(),
                             event_id = %event.event_id,
                             position = event.position.0,
                             attempt,
@@ -284,6 +333,7 @@ impl Projector {
         ledger::lock(&mut tx, self.projection)
             .await
             .map_err(ProjectorError::Database)?;
+        self.fenced(&mut tx).await?;
         if !ledger::is_next(&mut tx, self.schema(), event)
             .await
             .map_err(ProjectorError::Database)?
@@ -301,7 +351,7 @@ impl Projector {
             .map_err(ProjectorError::Database)?;
         tx.commit().await.map_err(ProjectorError::Database)?;
         tracing::error!(
-            consumer = %self.projection.consumer(),
+            consumer = %self.consumer(),
             event_id = %event.event_id,
             event_type = %event.event_type,
             position = event.position.0,
@@ -320,7 +370,7 @@ impl Projector {
     ) -> Result<(), ProjectorError> {
         self.to_dead_letter_stream(&message, None, reason).await?;
         tracing::error!(
-            consumer = %self.projection.consumer(),
+            consumer = %self.consumer(),
             reason,
             "message is not an event; dead-lettered"
         );
@@ -334,7 +384,7 @@ impl Projector {
         event: Option<&RecordedEvent>,
         reason: &str,
     ) -> Result<(), DeadLetterError> {
-        let consumer = self.projection.consumer();
+        let consumer = self.consumer();
         let letter = Letter::new(
             &consumer,
             reason,

@@ -47,7 +47,8 @@ pub struct Config {
     #[arg(long, env = "KEEL_STREAM", default_value = "EVENTS")]
     pub stream: String,
 
-    /// Subject prefix: events go to `<prefix>.<type>`.
+    /// Subject prefix: events go to `<prefix>.<type>` (`<prefix>.<type>.<partition>` with
+    /// several partitions).
     #[arg(long, env = "KEEL_SUBJECT_PREFIX", default_value = "events")]
     pub subject_prefix: String,
 
@@ -55,4 +56,10 @@ pub struct Config {
     /// cluster (a running stream is moved to the new count).
     #[arg(long, env = "KEEL_STREAM_REPLICAS", default_value = "1", value_parser = crate::stream::parse_replicas)]
     pub stream_replicas: usize,
+
+    /// Partitions of the stream, 1 to 64: an event's is `fnv1a64(stream id) mod P`,
+    /// the last token of its subject when P > 1. Fixed for the stream's life: a stream
+    /// made with another count refuses the start.
+    #[arg(long, env = "KEEL_PARTITIONS", default_value = "1")]
+    pub partitions: events::partitions::Partitions,
 }

@@ -63,6 +63,7 @@ pub async fn build(config: &Config) -> Result<Publisher, StartError> {
         name: config.stream.clone(),
         subject_prefix: config.subject_prefix.clone(),
         replicas: config.stream_replicas,
+        partitions: config.partitions,
     };
     stream.provision(&jetstream).await?;
     Ok(Publisher {

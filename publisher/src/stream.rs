@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
+use events::partitions::Partitions;
 
 /// The shortest duplicate window Keel accepts on its stream.
 pub const MIN_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -18,13 +19,16 @@ pub const MIN_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long provisioning at start may wait for NATS before the publisher takes over.
 const PROVISION_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Where events go: the stream's name and the subject prefix (`<prefix>.<type>`).
+/// Where events go: the stream's name and the subject prefix (`<prefix>.<type>`, or
+/// `<prefix>.<type>.<partition>`).
 #[derive(Debug, Clone)]
 pub struct EventStream {
     pub name: String,
     pub subject_prefix: String,
     /// JetStream replicas of the stream and its dead-letter stream (`KEEL_STREAM_REPLICAS`).
     pub replicas: usize,
+    /// The stream's partitions (`KEEL_PARTITIONS`), fixed for its life.
+    pub partitions: Partitions,
 }
 
 /// `KEEL_STREAM_REPLICAS`: 1 (a single server) or 3 (a cluster of three or more).
@@ -55,8 +59,10 @@ pub enum StreamError {
 }
 
 impl EventStream {
-    pub fn subject(&self, event_type: &str) -> String {
-        format!("{}.{event_type}", self.subject_prefix)
+    /// The subject of an event of `event_type` in `stream_id`.
+    pub fn subject(&self, event_type: &str, stream_id: &str) -> String {
+        self.partitions
+            .subject(&self.subject_prefix, event_type, stream_id)
     }
 
     fn config(&self) -> stream::Config {
@@ -69,6 +75,7 @@ impl EventStream {
             duplicate_window: MIN_DUPLICATE_WINDOW,
             num_replicas: self.replicas,
             allow_direct: true,
+            description: Some(self.partitions.description()),
             ..Default::default()
         }
     }
@@ -157,7 +164,16 @@ impl EventStream {
                 "its retention is not `limits` (or it is sealed): events could be dropped",
             ));
         }
+        let recorded = Partitions::recorded(current.description.as_deref())
+            .map_err(|e| self.incompatible(&format!("its description: {e}")))?;
+        if recorded != self.partitions {
+            return Err(self.incompatible(&format!(
+                "it has {recorded} partition(s) and KEEL_PARTITIONS is {} (partitions are fixed for a stream's life)",
+                self.partitions
+            )));
+        }
         if current.subjects != wanted.subjects
+            || current.description != wanted.description
             || current.duplicate_window < MIN_DUPLICATE_WINDOW
             || current.num_replicas != wanted.num_replicas
         {
@@ -166,6 +182,7 @@ impl EventStream {
                 subjects: wanted.subjects.clone(),
                 duplicate_window: current.duplicate_window.max(MIN_DUPLICATE_WINDOW),
                 num_replicas: wanted.num_replicas,
+                description: wanted.description.clone(),
                 ..current
             };
             context

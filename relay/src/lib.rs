@@ -8,11 +8,21 @@
 //! published by [`publish`], and only then acknowledged. A crash in between makes the
 //! redelivery a duplicate the publish script drops. While Redis or Postgres is away the
 //! event is retried in place (it is not the event's fault), so nothing later overtakes
-//! it; an event that cannot be read at all goes to the dead-letter stream. One instance
-//! is active at a time (it holds a `bus` lease; the others wait for it and take over
-//! within seconds); on taking over, what the previous one had received but not
-//! acknowledged is relayed first, in order. The consumer plumbing (durable consumer,
-//! settling, retries, dead letters, the lease) is the `bus` crate's.
+//! it; an event that cannot be read at all goes to the dead-letter stream.
+//!
+//! Instances share the stream's partitions (`KEEL_PARTITIONS`, `bus::partitioned`): each
+//! partition has one owner at a time, which relays it through its own durable consumer
+//! (`relay-notifications`, or `relay-notifications-<p>` with several partitions) and
+//! proves its lease before every publish. With one partition that makes one instance the
+//! active relay and the others its standbys. On taking a partition over, what the
+//! previous owner had received but not acknowledged is relayed first, in order.
+//!
+//! Order: the notifications that come from one stream (one post's comments and likes,
+//! one user's role changes) reach a user in the order of that stream's events, across
+//! crashes and handovers, because a stream lives in one partition. Notifications from
+//! different streams are ordered as they are relayed, which with several partitions
+//! may differ from the log's order; the offsets a user sees still only grow, so
+//! recovery by offset stays exact.
 //!
 //! - [`config`]: flags and environment. [`publish`]: one notification onto Redis.
 
@@ -26,8 +36,8 @@ use async_nats::jetstream::{self, consumer};
 use bus::pull::stream_sequence;
 use bus::settle::{self, SettleError};
 use bus::{
-    Backoff, Batching, ConnectError, DeadLetterError, DeadLetterQueue, Durable, Lease, LeaseError,
-    Letter, Next, ProvisionError, Pull, PullError, Terms, chain, retry_until,
+    Backoff, Batching, ConnectError, DeadLetterError, DeadLetterQueue, Durable, Letter, Next,
+    ProvisionError, Pull, PullError, chain, partitioned, retry_until,
 };
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
@@ -36,7 +46,9 @@ use tokio_util::sync::CancellationToken;
 
 use events::envelope;
 use events::event_log::{self, RecordedEvent};
+use events::lease::Fence;
 use events::notification::Trigger;
+use events::partitions::Partitions;
 
 pub use crate::config::Config;
 pub use crate::publish::NotificationPublisher;
@@ -45,19 +57,10 @@ pub use crate::publish::NotificationPublisher;
 pub const CONSUMER: &str = "relay-notifications";
 /// How long JetStream waits for an ack before redelivering.
 pub const ACK_WAIT: Duration = Duration::from_secs(10);
-/// How often a waiting instance tries to become the active relay, and the active one
-/// proves it still is.
-pub const LEADER_POLL: Duration = Duration::from_secs(1);
-/// How long the active relay's lock session may stay silent before Postgres ends it.
-pub const LEADER_IDLE: Duration = Duration::from_secs(10);
-/// The session advisory lock that makes one instance the active relay.
-const LEADER_LOCK: i64 = 7_261_530_813_950_019;
-/// The active relay's lease.
-const LEADERSHIP: Terms = Terms {
-    key: LEADER_LOCK,
-    poll: LEADER_POLL,
-    idle: LEADER_IDLE,
-};
+/// How long the pull loop waits for a message before looking again.
+const IDLE: Duration = Duration::from_secs(1);
+/// Connections: the group's ticks, and each owned partition's reads and lease proofs.
+const POOL_SIZE: u32 = 4;
 /// The pauses before consuming again after a failure, and between tries of an event.
 const BACKOFF: Backoff = Backoff {
     first: Duration::from_millis(100),
@@ -90,8 +93,10 @@ enum RelayError {
     Ack(#[from] SettleError),
     #[error(transparent)]
     DeadLetter(#[from] DeadLetterError),
-    #[error(transparent)]
-    Lease(#[from] LeaseError),
+    #[error("proving the partition's lease failed")]
+    Lease(#[source] sqlx::Error),
+    #[error("this instance no longer owns the partition")]
+    LeaseLost,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +108,7 @@ enum DeliverError {
 }
 
 /// The relay, ready to run.
+#[derive(Clone)]
 pub struct Relay {
     pool: PgPool,
     jetstream: jetstream::Context,
@@ -110,7 +116,14 @@ pub struct Relay {
     publisher: NotificationPublisher,
     stream: String,
     subject_prefix: String,
+    partitions: Partitions,
     dead_letters: DeadLetterQueue,
+}
+
+/// The relay of one partition, while this instance owns it.
+struct Owner {
+    relay: Relay,
+    fence: Fence,
 }
 
 /// Opens Postgres (created and migrated if needed), NATS and Redis (both retried while
@@ -118,7 +131,7 @@ pub struct Relay {
 pub async fn build(config: &Config) -> Result<Relay, StartError> {
     let settings = &config.bus;
     let ca = settings.private_ca()?;
-    let pool = settings.database(2).await?;
+    let pool = settings.database(POOL_SIZE).await?;
     // Lazy: the relay starts while Redis is away, and retries the event in hand.
     let redis = ConnectionManager::new_lazy_with_config(
         settings.redis(&ca)?,
@@ -134,57 +147,95 @@ pub async fn build(config: &Config) -> Result<Relay, StartError> {
         publisher: NotificationPublisher::new(&settings.stream),
         stream: settings.stream.clone(),
         subject_prefix: settings.subject_prefix.clone(),
+        partitions: settings.partitions,
         dead_letters: DeadLetterQueue::of(&settings.subject_prefix),
     })
 }
 
 impl Relay {
-    /// Relays until `stop`; reconnects with backoff whatever fails. The event in hand is
-    /// finished (or left unacknowledged, for redelivery) first.
-    pub async fn run(mut self, stop: CancellationToken) {
+    /// Relays the partitions this instance owns until `stop`, then leaves the group. The
+    /// event in hand is finished (or left unacknowledged, for redelivery) first.
+    pub async fn run(self, stop: CancellationToken) {
+        let member = partitioned::member(CONSUMER, self.partitions);
+        let pool = self.pool.clone();
+        partitioned::run(member, pool, stop, move |fence, stop| {
+            Owner {
+                relay: self.clone(),
+                fence,
+            }
+            .run(stop)
+        })
+        .await;
+    }
+}
+
+impl Owner {
+    /// Relays the partition until `stop` or until it is lost; reconnects with backoff
+    /// whatever else fails.
+    async fn run(mut self, stop: CancellationToken) {
+        let consumer = self.consumer();
         let mut retries = retry_until(&stop, BACKOFF);
         while retries.next().await.is_some() {
             match self.consume(&stop).await {
                 Ok(()) => return,
+                Err(RelayError::LeaseLost) => {
+                    tracing::info!(%consumer, "partition lost; stopping");
+                    return;
+                }
                 Err(error) => {
-                    tracing::warn!(consumer = CONSUMER, error = %chain(&error), "relay paused; retrying")
+                    tracing::warn!(%consumer, error = %chain(&error), "relay paused; retrying")
                 }
             }
         }
     }
 
-    /// The relay's durable consumer: every event, in stream order.
+    /// The durable consumer's name: `relay-notifications`, `relay-notifications-<p>` with
+    /// several partitions.
+    fn consumer(&self) -> String {
+        if self.relay.partitions == Partitions::ONE {
+            CONSUMER.to_owned()
+        } else {
+            format!("{CONSUMER}-{}", self.fence.partition())
+        }
+    }
+
+    /// The partition's durable consumer: all its events, in stream order.
     fn durable(&self) -> Durable {
+        let relay = &self.relay;
         Durable {
-            name: CONSUMER.to_owned(),
-            filter_subject: format!("{}.>", self.subject_prefix),
+            name: self.consumer(),
+            filter_subject: relay
+                .partitions
+                .filter(&relay.subject_prefix, self.fence.partition()),
+            partitions: relay.partitions,
             ack_wait: ACK_WAIT,
             max_ack_pending: 1000,
         }
     }
 
-    /// Relays while this instance is the active relay: one at a time, so that a user's
-    /// notifications keep the order of their events.
+    /// Fails unless this instance still owns the partition.
+    async fn prove_lease(&self) -> Result<(), RelayError> {
+        match self.fence.hold(&self.relay.pool).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(RelayError::LeaseLost),
+            Err(error) => Err(RelayError::Lease(error)),
+        }
+    }
+
+    /// Relays while this instance owns the partition: one at a time, so that a stream's
+    /// notifications keep the order of its events.
     async fn consume(&mut self, stop: &CancellationToken) -> Result<(), RelayError> {
-        let Some(mut lease) = Lease::acquire(&self.pool, LEADERSHIP, stop).await? else {
-            return Ok(());
-        };
-        tracing::info!(consumer = CONSUMER, "this instance is the active relay");
         let (stream, mut consumer) = self
             .durable()
-            .provision(&self.jetstream, &self.stream)
+            .provision(&self.relay.jetstream, &self.relay.stream)
             .await?;
-        if !self
-            .relay_in_flight(&stream, &mut consumer, &mut lease, stop)
-            .await?
-        {
+        if !self.relay_in_flight(&stream, &mut consumer, stop).await? {
             return Ok(());
         }
         let mut pull = Pull::start(&consumer, BATCHING).await?;
-        tracing::info!(consumer = CONSUMER, "relay consuming");
+        tracing::info!(consumer = %self.consumer(), "relay consuming");
         loop {
-            lease.renew_if_due().await?;
-            let messages = match pull.next(stop, lease.renewal_due_in()).await? {
+            let messages = match pull.next(stop, IDLE).await? {
                 Next::Stopped => return Ok(()),
                 Next::Idle => continue,
                 Next::Batch(messages) => messages,
@@ -192,7 +243,7 @@ impl Relay {
             for message in messages {
                 let sequence = stream_sequence(&message);
                 if !self
-                    .relay(&message.payload, sequence, Some(&message), &mut lease, stop)
+                    .relay(&message.payload, sequence, Some(&message), stop)
                     .await?
                 {
                     return Ok(());
@@ -210,7 +261,6 @@ impl Relay {
         &mut self,
         stream: &jetstream::stream::Stream,
         consumer: &mut consumer::PullConsumer,
-        lease: &mut Lease,
         stop: &CancellationToken,
     ) -> Result<bool, RelayError> {
         let info = consumer
@@ -227,10 +277,14 @@ impl Relay {
                 Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => continue,
                 Err(error) => return Err(RelayError::InFlight(Box::new(error))),
             };
-            if !self
-                .relay(&message.payload, sequence, None, lease, stop)
-                .await?
+            let partitions = self.relay.partitions;
+            if partitions
+                .of_subject(&message.subject)
+                .is_some_and(|partition| partition != self.fence.partition())
             {
+                continue;
+            }
+            if !self.relay(&message.payload, sequence, None, stop).await? {
                 return Ok(false);
             }
         }
@@ -239,13 +293,12 @@ impl Relay {
 
     /// Relays one message; `false` when stopped before it was done (left for redelivery).
     /// While Redis or Postgres is away it is retried in place: `message`, when it came
-    /// from the consumer, is kept alive meanwhile, and the lease proven before each try.
+    /// from the consumer, is kept alive meanwhile. The lease is proven before each try.
     async fn relay(
         &mut self,
         payload: &Bytes,
         stream_sequence: u64,
         message: Option<&jetstream::Message>,
-        lease: &mut Lease,
         stop: &CancellationToken,
     ) -> Result<bool, RelayError> {
         let event = match envelope::from_bytes(payload) {
@@ -269,10 +322,11 @@ impl Relay {
         };
         let mut retries = retry_until(stop, BACKOFF);
         while retries.next().await.is_some() {
+            self.prove_lease().await?;
             match self.deliver(&event, trigger.clone()).await {
                 Ok(()) => return Ok(true),
                 Err(error) => tracing::warn!(
-                    consumer = CONSUMER,
+                    consumer = %self.consumer(),
                     position = event.position.0,
                     error = %chain(&error),
                     "notification not relayed yet; retrying"
@@ -282,7 +336,6 @@ impl Relay {
             if let Some(message) = message {
                 settle::progress(message).await;
             }
-            lease.renew().await?;
         }
         Ok(false)
     }
@@ -292,16 +345,17 @@ impl Relay {
         event: &RecordedEvent,
         trigger: Trigger,
     ) -> Result<(), DeliverError> {
+        let relay = &mut self.relay;
         let name = match trigger.actor() {
-            Some(actor) => event_log::user_name_before(&self.pool, actor, event.position)
+            Some(actor) => event_log::user_name_before(&relay.pool, actor, event.position)
                 .await
                 .map_err(DeliverError::Database)?,
             None => None,
         };
         let addressed = trigger.address(event, name);
-        let offset = self
+        let offset = relay
             .publisher
-            .publish(&mut self.redis, &addressed, event.position)
+            .publish(&mut relay.redis, &addressed, event.position)
             .await
             .map_err(DeliverError::Redis)?;
         match offset {
@@ -323,12 +377,12 @@ impl Relay {
         event: Option<&RecordedEvent>,
         reason: &str,
     ) -> Result<(), DeadLetterError> {
-        tracing::error!(
-            consumer = CONSUMER,
-            reason,
-            "event cannot be relayed; dead-lettered"
-        );
-        let letter = Letter::new(CONSUMER, reason, event, stream_sequence, payload.clone());
-        self.dead_letters.publish(&self.jetstream, letter).await
+        let consumer = self.consumer();
+        tracing::error!(%consumer, reason, "event cannot be relayed; dead-lettered");
+        let letter = Letter::new(&consumer, reason, event, stream_sequence, payload.clone());
+        self.relay
+            .dead_letters
+            .publish(&self.relay.jetstream, letter)
+            .await
     }
 }

@@ -6,8 +6,10 @@ use tokio_util::sync::CancellationToken;
 /// Keel notification relay: the JetStream durable consumer `relay-notifications` that
 /// turns `comment.added`, `post.liked` and `user.role_changed` into per-user
 /// notifications on Redis channels `notify.user.<user_id>`, each also kept in that
-/// user's bounded history for WebSocket recovery. Several instances may run: one is
-/// active, the others wait on a Postgres lock and take over when it dies.
+/// user's bounded history for WebSocket recovery. Several instances may run: they share
+/// the stream's partitions (`KEEL_PARTITIONS`), each owned by one instance at a time and
+/// taken over within seconds when its owner dies; with one partition, one instance is
+/// active and the others stand by.
 #[derive(Parser)]
 #[command(name = "relay", version)]
 struct Cli {

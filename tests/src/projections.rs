@@ -32,6 +32,7 @@ pub fn worker_settings(app: &TestApp, principal: Principal) -> bus::Settings {
         tls_ca_file: None,
         stream: app.stream.clone(),
         subject_prefix: app.subject_prefix.clone(),
+        partitions: app.partitions,
     }
 }
 

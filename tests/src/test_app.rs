@@ -33,6 +33,8 @@ pub struct TestApp {
     /// The JetStream stream this instance publishes to, on `nats_url`.
     pub stream: String,
     pub subject_prefix: String,
+    /// The stream's partitions (`KEEL_PARTITIONS`), which the workers are given too.
+    pub partitions: events::partitions::Partitions,
     /// The command API's own URLs (its principal); see [`TestApp::nats_url_of`].
     pub nats_url: String,
     pub redis_url: String,
@@ -57,6 +59,7 @@ impl TestApp {
         let stream = config.stream.clone();
         let nats_url = config.nats_url.clone();
         let subject_prefix = config.subject_prefix.clone();
+        let partitions = config.partitions;
         let redis_url = config.redis_url.clone();
         let app = command_api::build(config).await?;
         let base_url = format!("http://{}", app.local_addr());
@@ -79,6 +82,7 @@ impl TestApp {
             database_url,
             stream,
             subject_prefix,
+            partitions,
             nats_url,
             redis_url,
             pool,
@@ -281,6 +285,7 @@ pub fn test_config(database_url: String, jwks: &JwksServer) -> command_api::Conf
         stream: unique_name("EVENTS_TEST"),
         subject_prefix: unique_subject_prefix(),
         stream_replicas: 1,
+        partitions: events::partitions::Partitions::ONE,
         jwks_refresh: Duration::from_secs(300),
         jwks_cooldown: Duration::from_secs(30),
         db_pool_size: 4,

@@ -30,6 +30,7 @@ impl WorkerProcess {
             ("REDIS_URL", app.redis_url_of(principal)),
             ("KEEL_STREAM", app.stream.clone()),
             ("KEEL_SUBJECT_PREFIX", app.subject_prefix.clone()),
+            ("KEEL_PARTITIONS", app.partitions.to_string()),
         ];
         Self::spawn_command(binary, &[], &env)
     }

@@ -66,7 +66,7 @@ async fn a_dead_members_partitions_move_when_its_lease_runs_out_and_it_is_fenced
     let held_by_b = b.tick(&pool).await.unwrap();
     assert_eq!(partitions(&held_by_b), vec![1, 3]);
     let mut tx = pool.begin().await.unwrap();
-    assert!(b.hold(&mut *tx, held_by_b[0]).await.unwrap());
+    assert!(b.fence(held_by_b[0]).hold(&mut *tx).await.unwrap());
     tx.rollback().await.unwrap();
 
     // b stops ticking (as if SIGKILLed); a takes everything once b's lease runs out.
@@ -89,7 +89,7 @@ async fn a_dead_members_partitions_move_when_its_lease_runs_out_and_it_is_fenced
     assert_eq!(taken[1].epoch, held_by_b[0].epoch + 1);
     let mut tx = pool.begin().await.unwrap();
     assert!(
-        !b.hold(&mut *tx, held_by_b[0]).await.unwrap(),
+        !b.fence(held_by_b[0]).hold(&mut *tx).await.unwrap(),
         "the deposed owner's commit is refused"
     );
 }

@@ -117,6 +117,7 @@ fn settings_for_rebuild() -> bus::Settings {
         tls_ca_file: None,
         stream: keel_tests::unique_name("BENCH_REBUILD"),
         subject_prefix: String::new(),
+        partitions: events::partitions::Partitions::ONE,
     }
 }
 

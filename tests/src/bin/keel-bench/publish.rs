@@ -38,6 +38,7 @@ async fn drain_rate(events: usize) -> anyhow::Result<(f64, String, EventStream)>
         name: unique_name("BENCH"),
         subject_prefix: unique_subject_prefix(),
         replicas: 1,
+        partitions: events::partitions::Partitions::ONE,
     };
     let progress = Arc::new(Progress::default());
     let publisher = Publisher {
@@ -67,6 +68,7 @@ async fn bare_rate(database_url: &str, source: &EventStream) -> anyhow::Result<f
         name: unique_name("BENCH_BARE"),
         subject_prefix: unique_subject_prefix(),
         replicas: 1,
+        partitions: events::partitions::Partitions::ONE,
     };
     let context = jetstream::new(nats(Principal::CommandApi).await?);
     stream.ensure(&context).await?;
