@@ -4,7 +4,9 @@
 //!
 //! A task ends when its partition goes to another member (or comes back at a new epoch,
 //! after this member lost it for a while): it is stopped and awaited before anything
-//! else, so one process never runs two tasks of a partition. A task that ends by itself
+//! else, so one process never runs two tasks of a partition, and a partition handed to
+//! another member is released only once its task has stopped (its pull subscription
+//! closed), so the next owner never races a consumer of ours for its messages. A task that ends by itself
 //! (it found its fence gone) is started again at the next tick if the partition is still
 //! this member's. Correctness never rests on the tick's timing: every effect is fenced
 //! (checked against the lease in the transaction that commits it, or just before a
@@ -55,7 +57,8 @@ where
             () = stop.cancelled() => break,
             _ = ticks.tick() => {}
         }
-        let held = match member.tick(&pool).await {
+        let before: Vec<u32> = running.keys().copied().collect();
+        let held = match member.tick(&pool, &before).await {
             Ok(held) => held,
             Err(error) => {
                 // Nothing is stopped here: whatever the tasks commit is fenced.
@@ -63,22 +66,27 @@ where
                 continue;
             }
         };
-        let before: Vec<u32> = running.keys().copied().collect();
-        let gone: Vec<Running> = before
+        let holds = |partition: u32| held.iter().find(|lease| lease.partition == partition);
+        let gone: Vec<u32> = running
             .iter()
-            .filter(|partition| {
-                let run = &running[*partition];
+            .filter(|(partition, run)| {
                 run.task.is_finished()
-                    || !held
-                        .iter()
-                        .any(|lease| lease.partition == **partition && lease.epoch == run.epoch)
+                    || holds(**partition).is_none_or(|lease| lease.epoch != run.epoch)
             })
-            .copied()
-            .collect::<Vec<u32>>()
-            .into_iter()
-            .filter_map(|partition| running.remove(&partition))
+            .map(|(partition, _)| *partition)
             .collect();
-        stop_all(gone).await;
+        let released: Vec<u32> = gone
+            .iter()
+            .copied()
+            .filter(|partition| holds(*partition).is_none())
+            .collect();
+        stop_all(gone.iter().filter_map(|p| running.remove(p)).collect()).await;
+        // Only now may another instance claim them: nothing of ours still reads them.
+        if !released.is_empty()
+            && let Err(error) = member.release(&pool, &released).await
+        {
+            tracing::warn!(group = %member.group, error = %chain(&error), "releasing partitions failed; their leases run out instead");
+        }
         for lease in held {
             running.entry(lease.partition).or_insert_with(|| {
                 let task_stop = stop.child_token();

@@ -55,7 +55,10 @@ impl Member {
     /// A member of `group` named after this host and process, plus a random suffix (so a
     /// restarted process never takes over its dead predecessor's leases by name).
     pub fn new(group: &str, partitions: u32, ttl: Duration) -> Self {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".to_owned());
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map_or_else(|| "host".to_owned(), |name| name.trim().to_owned());
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         Self {
             group: group.to_owned(),
@@ -65,11 +68,12 @@ impl Member {
         }
     }
 
-    /// Renews the membership, releases the partitions now assigned to others and claims
-    /// (or renews) those assigned to this member. Returns the leases held, in partition
-    /// order: a partition assigned here whose previous owner's lease still runs is not
-    /// among them yet.
-    pub async fn tick(&self, pool: &PgPool) -> Result<Vec<Lease>, sqlx::Error> {
+    /// Renews the membership, releases the partitions now assigned to others (except the
+    /// `busy` ones: their work is still being stopped, and [`Member::release`] frees them
+    /// once it has) and claims (or renews) those assigned to this member. Returns the
+    /// leases held, in partition order: a partition assigned here whose previous owner
+    /// still holds it is not among them yet.
+    pub async fn tick(&self, pool: &PgPool, busy: &[u32]) -> Result<Vec<Lease>, sqlx::Error> {
         let ttl = self.ttl.as_secs_f64();
         let mut tx = pool.begin().await?;
         sqlx::query(
@@ -104,13 +108,16 @@ impl Member {
         .bind(self.partitions as i32)
         .execute(&mut *tx)
         .await?;
+        let busy: Vec<i32> = busy.iter().map(|p| *p as i32).collect();
         sqlx::query(
             "UPDATE partition_leases SET owner = NULL, expires_at = '-infinity'
-             WHERE consumer_group = $1 AND owner = $2 AND NOT (partition = ANY($3))",
+             WHERE consumer_group = $1 AND owner = $2
+               AND NOT (partition = ANY($3)) AND NOT (partition = ANY($4))",
         )
         .bind(&self.group)
         .bind(&self.name)
         .bind(&mine)
+        .bind(&busy)
         .execute(&mut *tx)
         .await?;
         let mut held: Vec<(i32, i64)> = sqlx::query_as(
@@ -137,6 +144,21 @@ impl Member {
                 epoch,
             })
             .collect())
+    }
+
+    /// Ends this member's leases of `partitions` now (their work has stopped).
+    pub async fn release(&self, pool: &PgPool, partitions: &[u32]) -> Result<(), sqlx::Error> {
+        let partitions: Vec<i32> = partitions.iter().map(|p| *p as i32).collect();
+        sqlx::query(
+            "UPDATE partition_leases SET owner = NULL, expires_at = '-infinity'
+             WHERE consumer_group = $1 AND owner = $2 AND partition = ANY($3)",
+        )
+        .bind(&self.group)
+        .bind(&self.name)
+        .bind(&partitions)
+        .execute(pool)
+        .await
+        .map(drop)
     }
 
     /// Leaves the group: the membership and every lease of this member end now.

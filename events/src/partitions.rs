@@ -54,12 +54,13 @@ impl Partitions {
         (fnv1a64(stream_id.as_bytes()) % u64::from(self.0)) as u32
     }
 
-    /// The subject an event of `event_type` in `stream_id` is published on.
-    pub fn subject(self, prefix: &str, event_type: &str, stream_id: &str) -> String {
+    /// The subject an event of `event_type` in `stream_id` is published on (the stream
+    /// id is written out only when there are several partitions).
+    pub fn subject(self, prefix: &str, event_type: &str, stream_id: impl fmt::Display) -> String {
         if self.0 == 1 {
             format!("{prefix}.{event_type}")
         } else {
-            format!("{prefix}.{event_type}.{}", self.of(stream_id))
+            format!("{prefix}.{event_type}.{}", self.of(&stream_id.to_string()))
         }
     }
 

@@ -48,7 +48,7 @@ impl Message {
             None => {}
         }
         Self {
-            subject: stream.subject(&event.event_type, &event.stream_id.to_string()),
+            subject: stream.subject(&event.event_type, &event.stream_id),
             headers,
             payload: Bytes::from(body),
         }

@@ -6,11 +6,22 @@ use std::time::Duration;
 
 use crate::eventually;
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, and never handed out before in this process (two
+/// tests starting servers at once must not both be given the same one).
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut given = GIVEN
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the port registry is poisoned"))?;
+        if given.insert(port) {
+            return Ok(port);
+        }
+    }
 }
 
 /// The running process, if any, of a server on `port`.
@@ -24,7 +35,8 @@ impl ServerProcess {
         Self { port, child: None }
     }
 
-    /// Spawns `command` (quiet) and waits until the port accepts connections.
+    /// Spawns `command` (quiet) and waits until the port accepts connections, from this
+    /// server: one that exited meanwhile (its port was taken) is an error.
     pub async fn start(&mut self, mut command: Command) -> anyhow::Result<()> {
         let child = command
             .stdout(Stdio::null())
@@ -42,6 +54,17 @@ impl ServerProcess {
             },
         )
         .await;
+        if let Some(status) = self
+            .child
+            .as_mut()
+            .map(Child::try_wait)
+            .transpose()?
+            .flatten()
+        {
+            anyhow::bail!(
+                "the server for port {port} exited at start ({status}): is the port taken?"
+            );
+        }
         Ok(())
     }
 

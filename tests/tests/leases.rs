@@ -35,14 +35,17 @@ async fn two_members_share_the_partitions_evenly_and_without_overlap() {
         member("a", Duration::from_secs(30)),
         member("b", Duration::from_secs(30)),
     );
-    assert_eq!(partitions(&a.tick(&pool).await.unwrap()), vec![0, 1, 2, 3]);
+    assert_eq!(
+        partitions(&a.tick(&pool, &[]).await.unwrap()),
+        vec![0, 1, 2, 3]
+    );
     // b joins: a's next tick gives up b's share, which b then claims.
     assert!(
-        b.tick(&pool).await.unwrap().is_empty(),
+        b.tick(&pool, &[]).await.unwrap().is_empty(),
         "a still holds them"
     );
-    assert_eq!(partitions(&a.tick(&pool).await.unwrap()), vec![0, 2]);
-    let held = b.tick(&pool).await.unwrap();
+    assert_eq!(partitions(&a.tick(&pool, &[]).await.unwrap()), vec![0, 2]);
+    let held = b.tick(&pool, &[]).await.unwrap();
     assert_eq!(partitions(&held), vec![1, 3]);
     assert!(
         held.iter().all(|l| l.epoch == 2),
@@ -60,10 +63,10 @@ async fn a_dead_members_partitions_move_when_its_lease_runs_out_and_it_is_fenced
         member("a", Duration::from_secs(1)),
         member("b", Duration::from_secs(1)),
     );
-    a.tick(&pool).await.unwrap();
-    b.tick(&pool).await.unwrap();
-    a.tick(&pool).await.unwrap();
-    let held_by_b = b.tick(&pool).await.unwrap();
+    a.tick(&pool, &[]).await.unwrap();
+    b.tick(&pool, &[]).await.unwrap();
+    a.tick(&pool, &[]).await.unwrap();
+    let held_by_b = b.tick(&pool, &[]).await.unwrap();
     assert_eq!(partitions(&held_by_b), vec![1, 3]);
     let mut tx = pool.begin().await.unwrap();
     assert!(b.fence(held_by_b[0]).hold(&mut *tx).await.unwrap());
@@ -76,7 +79,7 @@ async fn a_dead_members_partitions_move_when_its_lease_runs_out_and_it_is_fenced
         || {
             let (a, pool) = (&a, &pool);
             async move {
-                let held = a.tick(pool).await.map_err(|e| e.to_string())?;
+                let held = a.tick(pool, &[]).await.map_err(|e| e.to_string())?;
                 if held.len() == 4 {
                     Ok(held)
                 } else {
@@ -101,10 +104,13 @@ async fn a_member_that_leaves_hands_its_partitions_over_at_once() {
         member("a", Duration::from_secs(30)),
         member("b", Duration::from_secs(30)),
     );
-    a.tick(&pool).await.unwrap();
-    b.tick(&pool).await.unwrap();
-    a.tick(&pool).await.unwrap();
-    b.tick(&pool).await.unwrap();
+    a.tick(&pool, &[]).await.unwrap();
+    b.tick(&pool, &[]).await.unwrap();
+    a.tick(&pool, &[]).await.unwrap();
+    b.tick(&pool, &[]).await.unwrap();
     b.leave(&pool).await.unwrap();
-    assert_eq!(partitions(&a.tick(&pool).await.unwrap()), vec![0, 1, 2, 3]);
+    assert_eq!(
+        partitions(&a.tick(&pool, &[]).await.unwrap()),
+        vec![0, 1, 2, 3]
+    );
 }

@@ -82,6 +82,23 @@ async fn run_to_end(binary: &str, args: &[&str], env: &[(&str, String)]) -> (boo
     )
 }
 
+/// Waits until the log holds `n` comments.
+async fn comments_reach(app: &TestApp, n: usize) {
+    eventually(Duration::from_secs(60), "comments arrive", || async {
+        let comments: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'comment.added'")
+                .fetch_one(&app.pool)
+                .await
+                .map_err(|e| e.to_string())?;
+        if comments >= n as i64 {
+            Ok(())
+        } else {
+            Err(format!("{comments} comments"))
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn events_carry_their_partition_and_the_stream_refuses_another_count() {
     let app = app_with(4).await;
@@ -158,14 +175,18 @@ async fn events_carry_their_partition_and_the_stream_refuses_another_count() {
     app.stop().await;
 }
 
+/// One projector process owns all 8 partitions under load; a second joins (the
+/// partitions rebalance, 4 and 4); under more load the first is SIGKILLed and the second
+/// takes everything over. Every model ends equal to its rebuild from the log.
 #[tokio::test]
 async fn two_projector_instances_share_8_partitions_and_one_takes_over_when_the_other_is_killed() {
     const PARTITIONS: usize = 8;
     let app = app_with(PARTITIONS as u32).await;
-    seed_blog(&app.pool, 20, 40, 300).await.unwrap();
-    let first = WorkerProcess::spawn("projectors", &app);
-    let second = WorkerProcess::spawn("projectors", &app);
     let group = Projection::Posts.consumer();
+    let first = WorkerProcess::spawn("projectors", &app);
+    shared_by(&app, &group, PARTITIONS, 1, Duration::from_secs(30)).await;
+    seed_blog(&app.pool, 20, 40, 300).await.unwrap();
+    let second = WorkerProcess::spawn("projectors", &app);
     shared_by(&app, &group, PARTITIONS, 2, Duration::from_secs(30)).await;
 
     // More load while both run; one is SIGKILLed in the middle of it.
@@ -200,15 +221,19 @@ async fn two_projector_instances_share_8_partitions_and_one_takes_over_when_the_
     app.stop().await;
 }
 
-/// Comments on eight posts of one author (spread over the partitions) while two relays
-/// share 4 partitions; one relay is SIGKILLed mid-load. The author receives every
-/// comment's notification once, and each post's in the order of its comments.
+/// Comments on eight posts of one author (spread over the partitions): one relay owns the
+/// 4 partitions, a second joins mid-load (the partitions rebalance, 2 and 2), and later
+/// the first is SIGKILLed mid-load. The author receives every comment's notification
+/// once, and each post's in the order of its comments.
 #[tokio::test]
 async fn relays_share_the_partitions_and_a_killed_one_loses_and_duplicates_no_notification() {
     const PARTITIONS: usize = 4;
     const POSTS: usize = 8;
     const WRITERS: usize = 4;
-    const PER_WRITER: usize = 40;
+    const PER_WRITER: usize = 100;
+    /// Each writer's pace: the load lasts about six seconds, long enough for a join and a
+    /// kill to land in the middle of it.
+    const PACE: Duration = Duration::from_millis(60);
     let app = app_with(PARTITIONS as u32).await;
     let (_, author_token) = app.register("Ada Author").await;
     let mut posts = Vec::new();
@@ -217,12 +242,11 @@ async fn relays_share_the_partitions_and_a_killed_one_loses_and_duplicates_no_no
     }
     let mut socket = connect(&app, Connect::header(&author_token)).await;
     let first = WorkerProcess::spawn("relay", &app);
-    let _second = WorkerProcess::spawn("relay", &app);
     shared_by(
         &app,
         relay::CONSUMER,
         PARTITIONS,
-        2,
+        1,
         Duration::from_secs(30),
     )
     .await;
@@ -234,7 +258,9 @@ async fn relays_share_the_partitions_and_a_killed_one_loses_and_duplicates_no_no
         let (_, token) = app.register(&format!("Writer {w}")).await;
         let (client, base, posts) = (app.client.clone(), app.base_url.clone(), posts.clone());
         writers.push(tokio::spawn(async move {
+            let mut pace = tokio::time::interval(PACE);
             for i in 0..PER_WRITER {
+                pace.tick().await;
                 let post = posts[(w + i) % POSTS];
                 let response = client
                     .post(format!("{base}/api/posts/{post}/comments"))
@@ -247,20 +273,19 @@ async fn relays_share_the_partitions_and_a_killed_one_loses_and_duplicates_no_no
             }
         }));
     }
-    // Kill one relay once some comments are in.
-    eventually(Duration::from_secs(60), "comments arrive", || async {
-        let comments: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'comment.added'")
-                .fetch_one(&app.pool)
-                .await
-                .map_err(|e| e.to_string())?;
-        if comments >= (total / 3) as i64 {
-            Ok(())
-        } else {
-            Err(format!("{comments} comments"))
-        }
-    })
+    // A second relay joins once a third of the comments are in; the first is killed
+    // once two thirds are.
+    comments_reach(&app, total / 3).await;
+    let _second = WorkerProcess::spawn("relay", &app);
+    shared_by(
+        &app,
+        relay::CONSUMER,
+        PARTITIONS,
+        2,
+        Duration::from_secs(30),
+    )
     .await;
+    comments_reach(&app, 2 * total / 3).await;
     first.kill();
     let killed = Instant::now();
     shared_by(

@@ -8,6 +8,8 @@
 //! - `fanout`: notifications delivered/s and latency to thousands of WebSocket clients vs
 //!   `redis-benchmark`'s bare PUBLISH rate and the relay's script alone.
 //! - `e2e`: command accepted -> WebSocket frame latency at a steady command rate.
+//! - `scale`: 1 vs 2 projector instances over 8 partitions, 3 hubs each receiving only
+//!   its users' share, and publishing to R1 vs R3 on a 3-node JetStream cluster.
 
 mod append;
 mod cpu;
@@ -16,6 +18,7 @@ mod fanout;
 mod project;
 mod publish;
 mod report;
+mod scale;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -112,6 +115,21 @@ enum Scenario {
         #[arg(long)]
         client_quickack: bool,
     },
+    /// 1 vs 2 projector instances over 8 partitions; 3 hubs and their shares; R1 vs R3.
+    Scale {
+        /// Events in the backlog the projectors apply [default: 50000; --quick: 5000].
+        #[arg(long)]
+        events: Option<usize>,
+        /// Sockets on each of the 3 hubs [default: 300; --quick: 50].
+        #[arg(long)]
+        sockets_per_hub: Option<usize>,
+        /// Notifications to random users, half of them offline [default: 6000; --quick: 600].
+        #[arg(long)]
+        notifications: Option<usize>,
+        /// Events drained into each of the R1 and R3 streams [default: 20000; --quick: 3000].
+        #[arg(long)]
+        drain_events: Option<usize>,
+    },
 }
 
 impl Scenario {
@@ -146,6 +164,12 @@ impl Scenario {
                 commenters: 20,
                 client_quickack: false,
             },
+            Scenario::Scale {
+                events: None,
+                sockets_per_hub: None,
+                notifications: None,
+                drain_events: None,
+            },
         ]
     }
 
@@ -156,6 +180,7 @@ impl Scenario {
             Scenario::Project { .. } => "project",
             Scenario::Fanout { .. } => "fanout",
             Scenario::E2e { .. } => "e2e",
+            Scenario::Scale { .. } => "scale",
         }
     }
 
@@ -217,6 +242,20 @@ impl Scenario {
                     seconds: sized(seconds, quick, 20, 3),
                     commenters,
                     quickack: client_quickack,
+                })
+                .await
+            }
+            Scenario::Scale {
+                events,
+                sockets_per_hub,
+                notifications,
+                drain_events,
+            } => {
+                scale::run(scale::Options {
+                    events: sized(events, quick, 50_000, 5_000),
+                    sockets_per_hub: sized(sockets_per_hub, quick, 300, 50),
+                    notifications: sized(notifications, quick, 6_000, 600),
+                    drain_events: sized(drain_events, quick, 20_000, 3_000),
                 })
                 .await
             }

@@ -15,7 +15,7 @@ use keel_tests::{TestApp, fresh_database};
 use crate::report::Figure;
 
 /// A blog history of about `events` events: one user per 100, one post per 10.
-async fn seed(pool: &sqlx::PgPool, events: usize) -> anyhow::Result<usize> {
+pub async fn seed(pool: &sqlx::PgPool, events: usize) -> anyhow::Result<usize> {
     let users = (events / 100).max(2);
     let posts = (events / 10).max(1);
     let reactions = events.saturating_sub(users + 2 * posts);

@@ -28,16 +28,26 @@ async fn nats(principal: Principal) -> anyhow::Result<async_nats::Client> {
     Ok(nats_connect(&principals().nats_url(principal)).await?)
 }
 
-/// Events/s of Keel's publisher draining `events` pre-filled events.
+/// Events/s of Keel's publisher draining `events` pre-filled events into Keel's NATS.
 async fn drain_rate(events: usize) -> anyhow::Result<(f64, String, EventStream)> {
+    drain_rate_on(events, &principals().nats_url(Principal::CommandApi), 1).await
+}
+
+/// Events/s of Keel's publisher draining `events` pre-filled events into a stream of
+/// `replicas` on the NATS of `nats_url`.
+pub async fn drain_rate_on(
+    events: usize,
+    nats_url: &str,
+    replicas: usize,
+) -> anyhow::Result<(f64, String, EventStream)> {
     let database_url = fresh_database().await?;
     let pool = events::database::open(&database_url, None, 8).await?;
     prefill(&pool, events).await?;
-    let context = jetstream::new(nats(Principal::CommandApi).await?);
+    let context = jetstream::new(nats_connect(nats_url).await?);
     let stream = EventStream {
         name: unique_name("BENCH"),
         subject_prefix: unique_subject_prefix(),
-        replicas: 1,
+        replicas,
         partitions: events::partitions::Partitions::ONE,
     };
     let progress = Arc::new(Progress::default());
