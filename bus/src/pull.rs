@@ -117,7 +117,25 @@ impl Pull {
             }
         }
     }
+
+    /// On a graceful stop: hands back (nak, no delay) what was received but not handed
+    /// over, so that the partition's next owner gets it at once instead of after the ack
+    /// wait. Bounded by [`HAND_BACK`]: what keeps arriving after that waits for its ack
+    /// wait as after a crash.
+    pub async fn hand_back(mut self) {
+        let deadline = tokio::time::Instant::now() + HAND_BACK;
+        while let Ok(Some(Ok(message))) =
+            tokio::time::timeout_at(deadline, self.messages.next()).await
+        {
+            if let Err(error) = crate::settle::nak(&message, Duration::ZERO).await {
+                tracing::debug!(error = %crate::chain(&error), "nak not sent");
+            }
+        }
+    }
 }
+
+/// How long a stopping consumer spends handing back what it had received.
+pub const HAND_BACK: Duration = Duration::from_millis(100);
 
 /// The message's sequence in the stream (0 if it carries no JetStream metadata).
 pub fn stream_sequence(message: &jetstream::Message) -> u64 {

@@ -171,7 +171,10 @@ impl Projector {
         loop {
             // Stop only between batches: the batch in hand is finished first.
             match pull.next(stop, IDLE).await? {
-                Next::Stopped => return Ok(()),
+                Next::Stopped => {
+                    pull.hand_back().await;
+                    return Ok(());
+                }
                 Next::Idle => self.advance_checkpoint().await?,
                 Next::Batch(batch) => self.process(batch).await?,
             }

@@ -236,7 +236,10 @@ impl Owner {
         tracing::info!(consumer = %self.consumer(), "relay consuming");
         loop {
             let messages = match pull.next(stop, IDLE).await? {
-                Next::Stopped => return Ok(()),
+                Next::Stopped => {
+                    pull.hand_back().await;
+                    return Ok(());
+                }
                 Next::Idle => continue,
                 Next::Batch(messages) => messages,
             };

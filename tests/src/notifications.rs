@@ -369,3 +369,33 @@ pub async fn channel_subscribers(
         .await?;
     Ok(subscribers)
 }
+
+/// The log position of every event of `event_type`, by event id (to check the order in
+/// which notifications arrived).
+pub async fn positions_of(
+    pool: &sqlx::PgPool,
+    event_type: &str,
+) -> std::collections::BTreeMap<String, i64> {
+    sqlx::query_as::<_, (Uuid, i64)>("SELECT event_id, position FROM events WHERE event_type = $1")
+        .bind(event_type)
+        .fetch_all(pool)
+        .await
+        .expect("reading the log's positions")
+        .into_iter()
+        .map(|(id, position)| (id.to_string(), position))
+        .collect()
+}
+
+/// Asserts that `frames` are `total` comment notifications, each of its own comment: none
+/// lost, none twice.
+pub fn assert_each_comment_once(frames: &[Value], total: usize) {
+    let comments: std::collections::HashSet<&str> = frames
+        .iter()
+        .filter_map(|f| f["data"]["comment_id"].as_str())
+        .collect();
+    assert_eq!(
+        (frames.len(), comments.len()),
+        (total, total),
+        "a notification was lost or duplicated"
+    );
+}

@@ -236,3 +236,18 @@ pub async fn seed_blog(
     }
     Ok(appended)
 }
+
+/// The live owners of `group`'s partitions (`projector-<name>`, `relay-notifications`):
+/// instance -> how many it holds.
+pub async fn partition_owners(pool: &sqlx::PgPool, group: &str) -> BTreeMap<String, usize> {
+    let mut owners = BTreeMap::new();
+    for owner in events::lease::owners(pool, group)
+        .await
+        .expect("reading the partition leases")
+    {
+        if let (Some(name), true) = (owner.owner, owner.live) {
+            *owners.entry(name).or_default() += 1;
+        }
+    }
+    owners
+}

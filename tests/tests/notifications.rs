@@ -3,12 +3,13 @@
 //! of that user only, once each, in order, across reconnects, relay crashes and Redis
 //! restarts; it refuses what it must and sheds slow clients without slowing others.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use dev_issuer::TokenRequest;
 use keel_tests::notifications::{
-    Connect, Notifier, RunningRelay, Socket, channel_subscribers, connect, try_connect,
+    Connect, Notifier, RunningRelay, Socket, assert_each_comment_once, channel_subscribers,
+    connect, positions_of, try_connect,
 };
 use keel_tests::principals::Principal;
 use keel_tests::redis_server::RedisServer;
@@ -299,24 +300,8 @@ async fn relays_killed_mid_stream_deliver_every_notification_exactly_once_in_ord
         writer.await.unwrap();
     }
     let (mut socket, frames) = reader.await.unwrap();
-    let comment_ids: HashSet<&str> = frames
-        .iter()
-        .map(|f| f["data"]["comment_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        comment_ids.len(),
-        total,
-        "a notification was lost or duplicated"
-    );
-    let positions: BTreeMap<String, i64> = sqlx::query_as::<_, (Uuid, i64)>(
-        "SELECT event_id, position FROM events WHERE event_type = 'comment.added'",
-    )
-    .fetch_all(&app.pool)
-    .await
-    .unwrap()
-    .into_iter()
-    .map(|(id, position)| (id.to_string(), position))
-    .collect();
+    assert_each_comment_once(&frames, total);
+    let positions = positions_of(&app.pool, "comment.added").await;
     let order: Vec<i64> = frames
         .iter()
         .map(|f| positions[f["event_id"].as_str().unwrap()])

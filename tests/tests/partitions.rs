@@ -8,15 +8,14 @@ use std::time::{Duration, Instant};
 
 use events::partitions::Partitions;
 use events::read_model::Projection;
-use keel_tests::notifications::{Connect, connect};
+use keel_tests::notifications::{Connect, assert_each_comment_once, connect, positions_of};
 use keel_tests::principals::Principal;
-use keel_tests::projections::{assert_live_equals_rebuilt, caught_up, seed_blog};
+use keel_tests::projections::{assert_live_equals_rebuilt, caught_up, partition_owners, seed_blog};
 use keel_tests::stream::messages;
 use keel_tests::test_app::test_config;
 use keel_tests::worker_process::WorkerProcess;
 use keel_tests::{JwksServer, TestApp, eventually, fresh_database};
 use serde_json::json;
-use uuid::Uuid;
 
 /// A test app whose stream has `partitions` partitions.
 async fn app_with(partitions: u32) -> TestApp {
@@ -26,31 +25,19 @@ async fn app_with(partitions: u32) -> TestApp {
     TestApp::spawn_with(config, jwks).await.unwrap()
 }
 
-/// The live owners of `group`'s partitions: owner -> how many it holds.
-async fn owners(app: &TestApp, group: &str) -> BTreeMap<String, usize> {
-    let mut owners = BTreeMap::new();
-    for owner in events::lease::owners(&app.pool, group).await.unwrap() {
-        if let (Some(name), true) = (owner.owner, owner.live) {
-            *owners.entry(name).or_default() += 1;
-        }
-    }
-    owners
-}
-
-/// Waits until `group`'s `partitions` partitions are all owned, by `instances` instances
-/// holding an even share each; returns the owners.
+/// Waits (30 s at most) until `group`'s `partitions` partitions are all owned, by
+/// `instances` instances holding an even share each; returns the owners.
 async fn shared_by(
     app: &TestApp,
     group: &str,
     partitions: usize,
     instances: usize,
-    within: Duration,
 ) -> BTreeMap<String, usize> {
     eventually(
-        within,
+        Duration::from_secs(30),
         &format!("{group}: {partitions} partitions shared by {instances} instance(s)"),
         || async {
-            let owners = owners(app, group).await;
+            let owners = partition_owners(&app.pool, group).await;
             let share = partitions / instances;
             if owners.len() == instances && owners.values().all(|n| *n == share) {
                 Ok(owners)
@@ -60,6 +47,28 @@ async fn shared_by(
         },
     )
     .await
+}
+
+/// SIGKILLs `victim`, one of the two instances sharing `group`'s partitions, and waits
+/// until the other owns them all: within 10 s (the time is printed).
+async fn kill_and_time_takeover(
+    app: &TestApp,
+    victim: WorkerProcess,
+    group: &str,
+    partitions: usize,
+) {
+    victim.kill();
+    let killed = Instant::now();
+    let survivor = shared_by(app, group, partitions, 1).await;
+    let takeover = killed.elapsed();
+    println!(
+        "{group}: takeover of the killed instance's partitions: {:.1} s (owner now {survivor:?})",
+        takeover.as_secs_f64()
+    );
+    assert!(
+        takeover <= Duration::from_secs(10),
+        "{group}: takeover took {takeover:?}"
+    );
 }
 
 /// Runs `args` of `binary` (with `env`) to its end, within a minute: status and stderr.
@@ -184,25 +193,14 @@ async fn two_projector_instances_share_8_partitions_and_one_takes_over_when_the_
     let app = app_with(PARTITIONS as u32).await;
     let group = Projection::Posts.consumer();
     let first = WorkerProcess::spawn("projectors", &app);
-    shared_by(&app, &group, PARTITIONS, 1, Duration::from_secs(30)).await;
+    shared_by(&app, &group, PARTITIONS, 1).await;
     seed_blog(&app.pool, 20, 40, 300).await.unwrap();
     let second = WorkerProcess::spawn("projectors", &app);
-    shared_by(&app, &group, PARTITIONS, 2, Duration::from_secs(30)).await;
+    shared_by(&app, &group, PARTITIONS, 2).await;
 
     // More load while both run; one is SIGKILLed in the middle of it.
     seed_blog(&app.pool, 20, 40, 400).await.unwrap();
-    first.kill();
-    let killed = Instant::now();
-    let survivor = shared_by(&app, &group, PARTITIONS, 1, Duration::from_secs(30)).await;
-    let takeover = killed.elapsed();
-    println!(
-        "takeover of the killed projector's partitions: {:.1} s (owner now {survivor:?})",
-        takeover.as_secs_f64()
-    );
-    assert!(
-        takeover <= Duration::from_secs(10),
-        "takeover took {takeover:?}"
-    );
+    kill_and_time_takeover(&app, first, &group, PARTITIONS).await;
 
     caught_up(&app.pool, Duration::from_secs(60)).await;
     let status = projectors::operations::status(&app.pool).await.unwrap();
@@ -242,14 +240,7 @@ async fn relays_share_the_partitions_and_a_killed_one_loses_and_duplicates_no_no
     }
     let mut socket = connect(&app, Connect::header(&author_token)).await;
     let first = WorkerProcess::spawn("relay", &app);
-    shared_by(
-        &app,
-        relay::CONSUMER,
-        PARTITIONS,
-        1,
-        Duration::from_secs(30),
-    )
-    .await;
+    shared_by(&app, relay::CONSUMER, PARTITIONS, 1).await;
 
     let total = WRITERS * PER_WRITER;
     let reader = tokio::spawn(async move { socket.take(total).await });
@@ -277,57 +268,16 @@ async fn relays_share_the_partitions_and_a_killed_one_loses_and_duplicates_no_no
     // once two thirds are.
     comments_reach(&app, total / 3).await;
     let _second = WorkerProcess::spawn("relay", &app);
-    shared_by(
-        &app,
-        relay::CONSUMER,
-        PARTITIONS,
-        2,
-        Duration::from_secs(30),
-    )
-    .await;
+    shared_by(&app, relay::CONSUMER, PARTITIONS, 2).await;
     comments_reach(&app, 2 * total / 3).await;
-    first.kill();
-    let killed = Instant::now();
-    shared_by(
-        &app,
-        relay::CONSUMER,
-        PARTITIONS,
-        1,
-        Duration::from_secs(30),
-    )
-    .await;
-    let takeover = killed.elapsed();
-    println!(
-        "takeover of the killed relay's partitions: {:.1} s",
-        takeover.as_secs_f64()
-    );
-    assert!(
-        takeover <= Duration::from_secs(10),
-        "takeover took {takeover:?}"
-    );
+    kill_and_time_takeover(&app, first, relay::CONSUMER, PARTITIONS).await;
     for writer in writers {
         writer.await.unwrap();
     }
     let frames = reader.await.unwrap();
 
-    let comment_ids: HashSet<&str> = frames
-        .iter()
-        .map(|f| f["data"]["comment_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        comment_ids.len(),
-        total,
-        "a notification was lost or duplicated"
-    );
-    let positions: BTreeMap<String, i64> = sqlx::query_as::<_, (Uuid, i64)>(
-        "SELECT event_id, position FROM events WHERE event_type = 'comment.added'",
-    )
-    .fetch_all(&app.pool)
-    .await
-    .unwrap()
-    .into_iter()
-    .map(|(id, position)| (id.to_string(), position))
-    .collect();
+    assert_each_comment_once(&frames, total);
+    let positions = positions_of(&app.pool, "comment.added").await;
     let mut per_post: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
     for frame in &frames {
         per_post

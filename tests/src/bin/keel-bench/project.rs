@@ -15,34 +15,52 @@ use keel_tests::{TestApp, fresh_database};
 use crate::report::Figure;
 
 /// A blog history of about `events` events: one user per 100, one post per 10.
-pub async fn seed(pool: &sqlx::PgPool, events: usize) -> anyhow::Result<usize> {
+async fn seed(pool: &sqlx::PgPool, events: usize) -> anyhow::Result<usize> {
     let users = (events / 100).max(2);
     let posts = (events / 10).max(1);
     let reactions = events.saturating_sub(users + 2 * posts);
     seed_blog(pool, users, posts, reactions).await
 }
 
-/// Events/s that the `posts` and `authors` projections (running together, as in
-/// production) apply from a backlog already in JetStream, and the bare consume rate.
-async fn live(events: usize) -> anyhow::Result<(usize, f64, f64)> {
-    let app = TestApp::spawn().await?;
+/// Seeds about `events` events into `app`'s log and waits until its publisher has put them
+/// all in the stream: a backlog for the projectors. Returns how many were seeded.
+pub async fn backlog(app: &TestApp, events: usize) -> anyhow::Result<usize> {
     let seeded = seed(&app.pool, events).await?;
     let deadline = Instant::now() + Duration::from_secs(600);
-    while count(&app.nats_url, &app.stream).await? < seeded as u64 && Instant::now() < deadline {
+    while count(&app.nats_url, &app.stream).await? < seeded as u64 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the backlog never reached the stream"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let started = Instant::now();
-    let projectors =
-        Running::start_with(config(&app), &[Projection::Posts, Projection::Authors]).await;
+    Ok(seeded)
+}
+
+/// Waits until the `posts` and `authors` projections have applied `app`'s whole log.
+pub async fn applied(app: &TestApp) -> anyhow::Result<()> {
     let head = events::event_log::head(&app.pool).await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let posts = events::read_model::checkpoint(&app.pool, Projection::Posts).await?;
         let authors = events::read_model::checkpoint(&app.pool, Projection::Authors).await?;
         if posts >= head && authors >= head {
-            break;
+            return Ok(());
         }
+        anyhow::ensure!(Instant::now() < deadline, "the projections never caught up");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Events/s that the `posts` and `authors` projections (running together, as in
+/// production) apply from a backlog already in JetStream, and the bare consume rate.
+async fn live(events: usize) -> anyhow::Result<(usize, f64, f64)> {
+    let app = TestApp::spawn().await?;
+    let seeded = backlog(&app, events).await?;
+    let started = Instant::now();
+    let projectors =
+        Running::start_with(config(&app), &[Projection::Posts, Projection::Authors]).await;
+    applied(&app).await?;
     let keel = seeded as f64 / started.elapsed().as_secs_f64();
     projectors.stop().await;
     let bare = bare_consume(&app, seeded).await?;

@@ -1,7 +1,10 @@
 //! `scale`: Keel spread over instances, on this one machine.
 //!
-//! - projectors: the `posts` and `authors` projections applying a JetStream backlog over
-//!   P = 8 partitions with one instance, then (on a fresh copy) with two. The instances run
+//! - projectors: the `posts` and `authors` projections applying a backlog over P = 8
+//!   partitions with one instance, then (on a fresh copy) with two, timed from the moment
+//!   the partitions are shared: the log is seeded then, the publisher puts it on the
+//!   stream and the projections apply it (seeding and publishing are in both times alike).
+//!   The instances run
 //!   in this process, each with its own pools, connections and partition membership, as
 //!   two processes would; on two cores a ratio near 1 is expected (the invariant is what
 //!   the tests hold, not a speed-up), so the CPU use is printed beside it.
@@ -12,7 +15,7 @@
 //! - replicas: the outbox drain into an R1 and an R3 stream of one three-node JetStream
 //!   cluster on loopback.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,8 +26,7 @@ use futures::{StreamExt, TryStreamExt};
 use keel_tests::nats_cluster::NatsCluster;
 use keel_tests::notifications::Notifier;
 use keel_tests::principals::{Principal, principals};
-use keel_tests::projections::{Running, config};
-use keel_tests::stream::count;
+use keel_tests::projections::{Running, config, partition_owners};
 use keel_tests::test_app::{mint, test_config};
 use keel_tests::{JwksServer, TestApp, fresh_database, unique_name, unique_subject_prefix};
 use rand::Rng;
@@ -94,47 +96,36 @@ async fn projectors(events: usize, instances: usize) -> anyhow::Result<(f64, Str
     let mut settings = test_config(fresh_database().await?, &jwks);
     settings.partitions = Partitions::new(PARTITIONS)?;
     let app = TestApp::spawn_with(settings, jwks).await?;
-    let seeded = crate::project::seed(&app.pool, events).await?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while count(&app.nats_url, &app.stream).await? < seeded as u64 {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the backlog never reached the stream"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let redis_url = principals().redis_url(Principal::Admin);
-    let cpu = crate::cpu::sample(&redis_url).await;
-    let started = Instant::now();
     let mut running = Vec::with_capacity(instances);
     for _ in 0..instances {
         running.push(
             Running::start_with(config(&app), &[Projection::Posts, Projection::Authors]).await,
         );
     }
-    let head = events::event_log::head(&app.pool).await?;
-    loop {
-        let posts = events::read_model::checkpoint(&app.pool, Projection::Posts).await?;
-        let authors = events::read_model::checkpoint(&app.pool, Projection::Authors).await?;
-        if posts >= head && authors >= head {
-            break;
+    // Measured once the partitions are shared: a rebalance under a backlog is another
+    // figure (see BENCHMARKS.md).
+    let share = PARTITIONS as usize / instances;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let owners = loop {
+        let owners = partition_owners(&app.pool, &Projection::Posts.consumer()).await;
+        if owners.len() == instances && owners.values().all(|n| *n == share) {
+            break owners;
         }
         anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(600),
-            "the projections never caught up"
+            Instant::now() < deadline,
+            "the partitions were never shared"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let redis_url = principals().redis_url(Principal::Admin);
+    let cpu = crate::cpu::sample(&redis_url).await;
+    let started = Instant::now();
+    let seeded = crate::project::backlog(&app, events).await?;
+    crate::project::applied(&app).await?;
     let rate = seeded as f64 / started.elapsed().as_secs_f64();
     let cpu_line = cpu
         .report(&redis_url, &format!("{instances} instance(s)"))
         .await;
-    let mut owners = BTreeMap::<String, usize>::new();
-    for owner in events::lease::owners(&app.pool, &Projection::Posts.consumer()).await? {
-        *owners
-            .entry(owner.owner.unwrap_or_else(|| "-".to_owned()))
-            .or_default() += 1;
-    }
     for instance in running {
         instance.stop().await;
     }
