@@ -3,8 +3,6 @@
 //! projectors / relay** -> Redis). The projectors and the relay are its users; what they
 //! do with an event stays in them.
 //!
-//! - [`settings`]: the connection settings every worker shares (flags and environment),
-//!   and opening Postgres, NATS and Redis from them.
 //! - [`durable`]: getting or creating a durable pull consumer with Keel's settings.
 //! - [`pull`]: the pull loop, handing messages over in batches. [`settle`]: telling
 //!   JetStream what became of a message (ack, nak with a delay, still in progress).
@@ -20,14 +18,12 @@ pub mod durable;
 pub mod partitioned;
 pub mod pull;
 pub mod retry;
-pub mod settings;
 pub mod settle;
 
 pub use crate::dead_letter_queue::{DeadLetterError, DeadLetterQueue, Letter};
 pub use crate::durable::{Durable, ProvisionError};
 pub use crate::pull::{Batching, Next, Pull, PullError};
 pub use crate::retry::{Backoff, Retries, retry_until};
-pub use crate::settings::{ConnectError, Settings};
 
 /// An error and its sources, on one line.
 pub fn chain(error: &dyn std::error::Error) -> String {

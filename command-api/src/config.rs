@@ -75,46 +75,9 @@ fn parse_seconds(s: &str) -> Result<Duration, std::num::ParseIntError> {
         migrate     bring the schema up to date and exit"
 )]
 pub struct Config {
-    /// Postgres: the event log and read models. The database is created if missing.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/keel"
-    )]
-    pub database_url: String,
-
-    /// Postgres as the schema's owner. Set: migrations run through it at start, all else
-    /// through `DATABASE_URL`, which then needs only the rights `scripts/postgres-roles.sql`
-    /// grants. Unset: `DATABASE_URL` migrates.
-    #[arg(long, env = "KEEL_MIGRATE_DATABASE_URL", hide_env_values = true)]
-    pub migrate_database_url: Option<String>,
-
-    /// NATS with JetStream; `user:password@` in the URL authenticates.
-    #[arg(
-        long,
-        env = "NATS_URL",
-        default_value = "nats://127.0.0.1:4222",
-        hide_env_values = true
-    )]
-    pub nats_url: String,
-
-    /// A NATS creds file (user JWT and nkey seed) to authenticate with instead.
-    #[arg(long, env = "NATS_CREDS")]
-    pub nats_creds: Option<std::path::PathBuf>,
-
-    /// Redis: notification channels and the UI cache; `user:password@` selects the ACL user.
-    #[arg(
-        long,
-        env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
-        hide_env_values = true
-    )]
-    pub redis_url: String,
-
-    /// PEM file of the private CA that the Redis (`rediss://`) and NATS (`tls://`)
-    /// servers' certificates chain to. Unset: the system's CAs.
-    #[arg(long, env = "KEEL_TLS_CA_FILE")]
-    pub tls_ca_file: Option<PathBuf>,
+    /// Postgres, NATS, Redis and the stream, as in every Keel process.
+    #[command(flatten)]
+    pub connections: events::settings::Settings,
 
     /// Listen address (port 0 picks a free port).
     #[arg(long, env = "KEEL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
@@ -185,25 +148,10 @@ pub struct Config {
     #[arg(long, env = "KEEL_NO_PUBLISHER", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_publisher: bool,
 
-    /// JetStream stream name.
-    #[arg(long, env = "KEEL_STREAM", default_value = "EVENTS")]
-    pub stream: String,
-
-    /// Subject prefix: events go to `<prefix>.<type>` (`<prefix>.<type>.<partition>` with
-    /// several partitions).
-    #[arg(long, env = "KEEL_SUBJECT_PREFIX", default_value = "events")]
-    pub subject_prefix: String,
-
     /// JetStream replicas of the stream and its dead-letter stream: 1, or 3 on a
     /// cluster (a running stream is moved to the new count).
     #[arg(long, env = "KEEL_STREAM_REPLICAS", default_value = "1", value_parser = publisher::stream::parse_replicas)]
     pub stream_replicas: usize,
-
-    /// Partitions of the stream, 1 to 64: an event's is `fnv1a64(stream id) mod P`,
-    /// the last token of its subject when P > 1. Fixed for the stream's life: a stream
-    /// made with another count refuses the start.
-    #[arg(long, env = "KEEL_PARTITIONS", default_value = "1")]
-    pub partitions: events::partitions::Partitions,
 
     /// Seconds between background refreshes of the JWKS.
     #[arg(long, env = "KEEL_JWKS_REFRESH_SECS", default_value = "300", value_parser = parse_seconds)]

@@ -120,13 +120,9 @@ pub fn internal_app(state: AppState) -> Router {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
-    Database(#[from] events::database::OpenError),
-    #[error(transparent)]
-    Tls(#[from] events::tls::CaFileError),
-    #[error("invalid REDIS_URL")]
+    Connect(#[from] events::settings::ConnectError),
+    #[error("cannot set up the Redis connections")]
     Redis(#[source] redis::RedisError),
-    #[error(transparent)]
-    Nats(events::nats::ConnectError),
     #[error(transparent)]
     Stream(#[from] publisher::StreamError),
     #[error("cannot build the JWKS client")]
@@ -203,23 +199,17 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
             .await
             .map_err(StartError::ServiceKeys)?,
     );
-    let ca = events::tls::PrivateCa::load(config.tls_ca_file.as_deref())?;
-    let pool = events::database::open(
-        &config.database_url,
-        config.migrate_database_url.as_deref(),
-        config.db_pool_size,
-    )
-    .await?;
+    let connections = &config.connections;
+    let ca = connections.private_ca()?;
+    let pool = connections.database(config.db_pool_size).await?;
     let policy = Arc::new(
         policy::Policy::load(pool.clone())
             .await
             .map_err(StartError::Policy)?,
     );
-    let redis = ca.redis(&config.redis_url).map_err(StartError::Redis)?;
+    let redis = connections.redis(&ca)?;
     let ui_cache = ui_cache::UiCache::new(redis.clone()).map_err(StartError::Redis)?;
-    let nats = events::nats::connect(ca.nats(), &config.nats_url, config.nats_creds.as_deref())
-        .await
-        .map_err(StartError::Nats)?;
+    let jetstream = connections.jetstream(&ca).await?;
     let keys = Arc::new(
         KeySet::new(config.jwks_url.clone(), config.jwks_cooldown).map_err(StartError::Jwks)?,
     );
@@ -236,18 +226,12 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
         tracing::info!("no outbox publisher in this instance (--no-publisher)");
         None
     } else {
-        let jetstream = async_nats::jetstream::new(nats.clone());
-        let stream = publisher::EventStream {
-            name: config.stream.clone(),
-            subject_prefix: config.subject_prefix.clone(),
-            replicas: config.stream_replicas,
-            partitions: config.partitions,
-        };
+        let stream = publisher::EventStream::of(connections, config.stream_replicas);
         stream.provision(&jetstream).await?;
         Some(publisher::Publisher {
             pool: pool.clone(),
-            database_url: config.database_url.clone(),
-            jetstream,
+            database_url: connections.database_url.clone(),
+            jetstream: jetstream.clone(),
             stream,
             progress: metrics.publisher.clone(),
         })
@@ -255,7 +239,7 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
     let hub = Arc::new(
         notifications::hub::Hub::new(
             redis.clone(),
-            &config.stream,
+            &connections.stream,
             config.allowed_origins.clone(),
             policy.clone(),
             notifications::slots::Slots::new(config.ws_max_per_user, config.ws_max_sockets),
@@ -274,9 +258,9 @@ pub async fn build(config: Config) -> Result<Application, StartError> {
         policy: policy.clone(),
         introspection,
         service_keys: service_keys.clone(),
-        nats,
+        nats: jetstream.client(),
         ui_cache,
-        stream: Arc::from(config.stream.as_str()),
+        stream: Arc::from(connections.stream.as_str()),
         metrics,
         hub: hub.clone(),
         rate_limits: rate_limits.clone(),

@@ -14,6 +14,7 @@
 //! - [`policy`]: a user's policy, the policy events and the revocations, read from the log.
 //! - [`process`]: logging and the stop signal, the same in every binary.
 //! - [`read_model`]: the projections, where their models live, how far each has applied.
+//! - [`settings`]: where every process reads and writes (flags and environment), opened.
 //! - [`tls`]: Redis and NATS clients, over TLS to a private CA when configured.
 //! - [`MIGRATOR`]: the schema, owned by `events/migrations`.
 //!
@@ -31,6 +32,7 @@ pub mod partitions;
 pub mod policy;
 pub mod process;
 pub mod read_model;
+pub mod settings;
 pub mod tls;
 
 pub use domain::{self, envelope, ids, notification};

@@ -6,5 +6,5 @@ use clap::Args;
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     #[command(flatten)]
-    pub bus: bus::Settings,
+    pub connections: events::settings::Settings,
 }

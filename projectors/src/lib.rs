@@ -34,16 +34,17 @@ use tokio_util::sync::CancellationToken;
 pub use crate::config::Config;
 use crate::projector::Projector;
 use crate::ui_cache::UiCache;
-use bus::{ConnectError, DeadLetterQueue, partitioned};
+use bus::{DeadLetterQueue, partitioned};
 use events::partitions::Partitions;
 use events::read_model::Projection;
+use events::settings::ConnectError;
 
 /// Connections per process: one per projection's batch, plus idle checkpoints.
 pub const POOL_SIZE: u32 = 8;
 
 /// Opens the database (created and migrated if needed) and the cache.
 pub async fn open(config: &Config) -> Result<(PgPool, UiCache), ConnectError> {
-    let settings = &config.bus;
+    let settings = &config.connections;
     let ca = settings.private_ca()?;
     let pool = settings.database(POOL_SIZE).await?;
     let redis = settings.redis(&ca)?;
@@ -61,7 +62,7 @@ pub struct Workers {
 pub async fn build(config: &Config, projections: &[Projection]) -> Result<Workers, ConnectError> {
     let (pool, cache) = open(config).await?;
     let cache = Arc::new(cache);
-    let settings = &config.bus;
+    let settings = &config.connections;
     let jetstream = settings.jetstream(&settings.private_ca()?).await?;
     let projectors = projections
         .iter()

@@ -136,7 +136,8 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Tail { count, idle_secs } => {
-            projectors::tail::run(&config.bus, count, Duration::from_secs(idle_secs)).await?;
+            projectors::tail::run(&config.connections, count, Duration::from_secs(idle_secs))
+                .await?;
         }
     }
     Ok(())

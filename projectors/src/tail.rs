@@ -10,7 +10,7 @@ use futures::StreamExt;
 #[derive(Debug, thiserror::Error)]
 pub enum TailError {
     #[error(transparent)]
-    Connect(#[from] bus::ConnectError),
+    Connect(#[from] events::settings::ConnectError),
     #[error("cannot open JetStream stream {0}")]
     Stream(String, #[source] jetstream::context::GetStreamError),
     #[error("cannot follow the stream")]
@@ -33,7 +33,7 @@ pub fn line(sequence: u64, subject: &str, payload: &[u8]) -> String {
 /// Prints messages from the start of the stream in `settings` until `count` were printed
 /// or nothing arrived for `idle`.
 pub async fn run(
-    settings: &bus::Settings,
+    settings: &events::settings::Settings,
     count: usize,
     idle: Duration,
 ) -> Result<usize, TailError> {

@@ -22,6 +22,8 @@ pub mod stream;
 
 use std::sync::Arc;
 
+use events::settings::ConnectError;
+
 pub use config::Config;
 pub use outbox_publisher::Publisher;
 pub use progress::Progress;
@@ -34,11 +36,7 @@ const POOL_SIZE: u32 = 2;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
-    Database(#[from] events::database::OpenError),
-    #[error(transparent)]
-    Tls(#[from] events::tls::CaFileError),
-    #[error(transparent)]
-    Nats(events::nats::ConnectError),
+    Connect(#[from] ConnectError),
     #[error(transparent)]
     Stream(#[from] StreamError),
 }
@@ -48,27 +46,15 @@ pub enum StartError {
 /// NATS does not (the publisher retries). Nothing publishes until
 /// [`Publisher::run_until_stopped`].
 pub async fn build(config: &Config) -> Result<Publisher, StartError> {
-    let ca = events::tls::PrivateCa::load(config.tls_ca_file.as_deref())?;
-    let pool = events::database::open(
-        &config.database_url,
-        config.migrate_database_url.as_deref(),
-        POOL_SIZE,
-    )
-    .await?;
-    let nats = events::nats::connect(ca.nats(), &config.nats_url, config.nats_creds.as_deref())
-        .await
-        .map_err(StartError::Nats)?;
-    let jetstream = async_nats::jetstream::new(nats);
-    let stream = EventStream {
-        name: config.stream.clone(),
-        subject_prefix: config.subject_prefix.clone(),
-        replicas: config.stream_replicas,
-        partitions: config.partitions,
-    };
+    let connections = &config.connections;
+    let ca = connections.private_ca()?;
+    let pool = connections.database(POOL_SIZE).await?;
+    let jetstream = connections.jetstream(&ca).await?;
+    let stream = EventStream::of(connections, config.stream_replicas);
     stream.provision(&jetstream).await?;
     Ok(Publisher {
         pool,
-        database_url: config.database_url.clone(),
+        database_url: connections.database_url.clone(),
         jetstream,
         stream,
         progress: Arc::new(Progress::default()),

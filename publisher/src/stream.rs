@@ -31,6 +31,18 @@ pub struct EventStream {
     pub partitions: Partitions,
 }
 
+impl EventStream {
+    /// The stream of `settings`, with `replicas` replicas.
+    pub fn of(settings: &events::settings::Settings, replicas: usize) -> Self {
+        Self {
+            name: settings.stream.clone(),
+            subject_prefix: settings.subject_prefix.clone(),
+            replicas,
+            partitions: settings.partitions,
+        }
+    }
+}
+
 /// `KEEL_STREAM_REPLICAS`: 1 (a single server) or 3 (a cluster of three or more).
 pub fn parse_replicas(text: &str) -> Result<usize, String> {
     match text.trim() {

@@ -36,8 +36,8 @@ use async_nats::jetstream::{self, consumer};
 use bus::pull::stream_sequence;
 use bus::settle::{self, SettleError};
 use bus::{
-    Backoff, Batching, ConnectError, DeadLetterError, DeadLetterQueue, Durable, Letter, Next,
-    ProvisionError, Pull, PullError, chain, partitioned, retry_until,
+    Backoff, Batching, DeadLetterError, DeadLetterQueue, Durable, Letter, Next, ProvisionError,
+    Pull, PullError, chain, partitioned, retry_until,
 };
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
@@ -49,6 +49,7 @@ use events::event_log::{self, RecordedEvent};
 use events::lease::Fence;
 use events::notification::Trigger;
 use events::partitions::Partitions;
+use events::settings::ConnectError;
 
 pub use crate::config::Config;
 pub use crate::publish::NotificationPublisher;
@@ -129,7 +130,7 @@ struct Owner {
 /// Opens Postgres (created and migrated if needed), NATS and Redis (both retried while
 /// away).
 pub async fn build(config: &Config) -> Result<Relay, StartError> {
-    let settings = &config.bus;
+    let settings = &config.connections;
     let ca = settings.private_ca()?;
     let pool = settings.database(POOL_SIZE).await?;
     // Lazy: the relay starts while Redis is away, and retries the event in hand.

@@ -29,7 +29,7 @@ pub struct RunningRelay {
 impl RunningRelay {
     pub async fn start(app: &TestApp) -> Self {
         let config = relay::Config {
-            bus: crate::projections::worker_settings(app, Principal::Relay),
+            connections: crate::projections::worker_settings(app, Principal::Relay),
         };
         let relay = relay::build(&config).await.expect("the relay starts");
         let stop = CancellationToken::new();

@@ -16,14 +16,14 @@ use crate::{TestApp, eventually};
 /// projectors' principal.
 pub fn config(app: &TestApp) -> projectors::Config {
     projectors::Config {
-        bus: worker_settings(app, Principal::Projectors),
+        connections: worker_settings(app, Principal::Projectors),
     }
 }
 
 /// A worker's connection settings for `app`'s database, stream and subjects, as
 /// `principal`.
-pub fn worker_settings(app: &TestApp, principal: Principal) -> bus::Settings {
-    bus::Settings {
+pub fn worker_settings(app: &TestApp, principal: Principal) -> events::settings::Settings {
+    events::settings::Settings {
         database_url: app.database_url.clone(),
         migrate_database_url: None,
         nats_url: app.nats_url_of(principal),

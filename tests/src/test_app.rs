@@ -55,12 +55,12 @@ impl TestApp {
 
     pub async fn spawn_with(config: command_api::Config, jwks: JwksServer) -> anyhow::Result<Self> {
         init_test_logging();
-        let database_url = config.database_url.clone();
-        let stream = config.stream.clone();
-        let nats_url = config.nats_url.clone();
-        let subject_prefix = config.subject_prefix.clone();
-        let partitions = config.partitions;
-        let redis_url = config.redis_url.clone();
+        let database_url = config.connections.database_url.clone();
+        let stream = config.connections.stream.clone();
+        let nats_url = config.connections.nats_url.clone();
+        let subject_prefix = config.connections.subject_prefix.clone();
+        let partitions = config.connections.partitions;
+        let redis_url = config.connections.redis_url.clone();
         let app = command_api::build(config).await?;
         let base_url = format!("http://{}", app.local_addr());
         let internal_url = format!("http://{}", app.internal_addr());
@@ -264,12 +264,17 @@ impl TestApp {
 /// before `spawn_with`.
 pub fn test_config(database_url: String, jwks: &JwksServer) -> command_api::Config {
     command_api::Config {
-        database_url,
-        migrate_database_url: None,
-        nats_url: principals().nats_url(Principal::CommandApi),
-        nats_creds: None,
-        redis_url: principals().redis_url(Principal::CommandApi),
-        tls_ca_file: None,
+        connections: events::settings::Settings {
+            database_url,
+            migrate_database_url: None,
+            nats_url: principals().nats_url(Principal::CommandApi),
+            nats_creds: None,
+            redis_url: principals().redis_url(Principal::CommandApi),
+            tls_ca_file: None,
+            stream: unique_name("EVENTS_TEST"),
+            subject_prefix: unique_subject_prefix(),
+            partitions: events::partitions::Partitions::ONE,
+        },
         http_addr: "127.0.0.1:0".to_owned(),
         internal_addr: "127.0.0.1:0".to_owned(),
         jwks_url: jwks.url.clone(),
@@ -282,10 +287,7 @@ pub fn test_config(database_url: String, jwks: &JwksServer) -> command_api::Conf
         service_keys_file: None,
         allowed_origins: vec![],
         no_publisher: false,
-        stream: unique_name("EVENTS_TEST"),
-        subject_prefix: unique_subject_prefix(),
         stream_replicas: 1,
-        partitions: events::partitions::Partitions::ONE,
         jwks_refresh: Duration::from_secs(300),
         jwks_cooldown: Duration::from_secs(30),
         db_pool_size: 4,

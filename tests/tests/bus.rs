@@ -48,7 +48,7 @@ async fn the_stream_equals_the_log_after_a_burst_of_concurrent_commands() {
 #[tokio::test]
 async fn commands_succeed_while_nats_is_down_and_all_arrive_once_in_order_after() {
     let (mut nats, app, config) = app_on_own_nats().await;
-    let stream = config.stream;
+    let stream = config.connections.stream;
     let (id, token) = app.register("Ada").await;
 
     nats.stop();
@@ -158,7 +158,7 @@ async fn app_on_own_nats() -> (NatsServer, TestApp, command_api::Config) {
     let nats = NatsServer::start().await.unwrap();
     let jwks = JwksServer::start().await.unwrap();
     let mut config = test_config(fresh_database().await.unwrap(), &jwks);
-    config.nats_url = nats.url_for(Principal::CommandApi);
+    config.connections.nats_url = nats.url_for(Principal::CommandApi);
     let app = TestApp::spawn_with(config.clone(), jwks).await.unwrap();
     (nats, app, config)
 }
@@ -305,12 +305,12 @@ async fn the_stream_is_provisioned_durable() {
 async fn an_incompatible_stream_stops_the_start_with_a_clear_error() {
     let jwks = JwksServer::start().await.unwrap();
     let config = test_config(fresh_database().await.unwrap(), &jwks);
-    let admin = nats_as(&config.nats_url, Principal::Admin);
+    let admin = nats_as(&config.connections.nats_url, Principal::Admin);
     let context = async_nats::jetstream::new(nats_connect(&admin).await.unwrap());
     context
         .create_stream(async_nats::jetstream::stream::Config {
-            name: config.stream.clone(),
-            subjects: vec![format!("{}.>", config.subject_prefix)],
+            name: config.connections.stream.clone(),
+            subjects: vec![format!("{}.>", config.connections.subject_prefix)],
             storage: async_nats::jetstream::stream::StorageType::Memory,
             ..Default::default()
         })
@@ -324,7 +324,10 @@ async fn an_incompatible_stream_stops_the_start_with_a_clear_error() {
         error.contains("incompatible") && error.contains("memory"),
         "{error}"
     );
-    context.delete_stream(&config.stream).await.unwrap();
+    context
+        .delete_stream(&config.connections.stream)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -376,7 +379,7 @@ async fn projectors_tail_prints_the_stream_in_log_order() {
 #[tokio::test]
 async fn publishing_resumes_after_a_nats_restart_that_forgot_the_last_message_id() {
     let (mut nats, app, config) = app_on_own_nats().await;
-    let stream = config.stream;
+    let stream = config.connections.stream;
     let (id, token) = app.register("Ada").await;
     assert_equals_log(&nats.url, &stream, &app.pool, Duration::from_secs(20)).await;
 
@@ -428,7 +431,7 @@ async fn a_stream_that_lost_its_tail_is_refilled_in_order() {
     }
     assert_equals_log(
         &nats.url,
-        &config.stream,
+        &config.connections.stream,
         &app.pool,
         Duration::from_secs(20),
     )
@@ -439,13 +442,19 @@ async fn a_stream_that_lost_its_tail_is_refilled_in_order() {
     // JetStream loses its last two messages, as when an OS crash beats its disk sync:
     // delete them, then restart the server (which forgets their ids too).
     let context = async_nats::jetstream::new(nats_connect(&nats.url).await.unwrap());
-    let stream = context.get_stream(&config.stream).await.unwrap();
+    let stream = context
+        .get_stream(&config.connections.stream)
+        .await
+        .unwrap();
     for sequence in [4, 5] {
         stream.delete_message(sequence).await.unwrap();
     }
     nats.stop();
     nats.start_again().await.unwrap();
-    assert_eq!(count(&nats.url, &config.stream).await.unwrap(), 3);
+    assert_eq!(
+        count(&nats.url, &config.connections.stream).await.unwrap(),
+        3
+    );
 
     // The next leader resumes from what the stream holds and publishes the rest again.
     let jwks = JwksServer::start().await.unwrap();

@@ -146,7 +146,7 @@ async fn two_instances_on_one_log_keep_versions_contiguous_and_if_match_exact() 
     let first = TestApp::spawn().await.unwrap();
     let jwks = keel_tests::JwksServer::start().await.unwrap();
     let mut config = keel_tests::test_app::test_config(first.database_url.clone(), &jwks);
-    config.stream = first.stream.clone();
+    config.connections.stream = first.stream.clone();
     let second = TestApp::spawn_with(config, jwks).await.unwrap();
     let (id, token) = first.register("Ada").await;
     let path = format!("/api/users/{id}");

@@ -346,7 +346,7 @@ async fn status_503_names_the_dependency_that_is_down() {
     let jwks = JwksServer::start().await.unwrap();
     let mut config = test_config(keel_tests::fresh_database().await.unwrap(), &jwks);
     // Nothing listens on port 1: NATS is "down" for this instance.
-    config.nats_url = "nats://127.0.0.1:1".to_owned();
+    config.connections.nats_url = "nats://127.0.0.1:1".to_owned();
     let app = TestApp::spawn_with(config, jwks).await.unwrap();
     let response = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(response.headers()["retry-after"], "5");

@@ -276,7 +276,7 @@ async fn after_a_reconnect_every_users_channel_is_subscribed_again() {
     let redis_server = RedisServer::start().await.unwrap();
     let jwks = JwksServer::start().await.unwrap();
     let mut config = test_config(fresh_database().await.unwrap(), &jwks);
-    config.redis_url = redis_server.url_for(Principal::CommandApi);
+    config.connections.redis_url = redis_server.url_for(Principal::CommandApi);
     let app = TestApp::spawn_with(config, jwks).await.unwrap();
     let users: Vec<Uuid> = (0..BATCH + 20).map(|_| Uuid::new_v4()).collect();
     let mut sockets = join_all(users.iter().map(|&user| {

@@ -24,7 +24,7 @@ async fn killing_the_stream_leader_mid_load_loses_and_duplicates_nothing() {
     let mut cluster = NatsCluster::start().await.unwrap();
     let jwks = JwksServer::start().await.unwrap();
     let mut config = test_config(fresh_database().await.unwrap(), &jwks);
-    config.nats_url = cluster.url_for(Principal::CommandApi);
+    config.connections.nats_url = cluster.url_for(Principal::CommandApi);
     config.stream_replicas = 3;
     let app = TestApp::spawn_with(config, jwks).await.unwrap();
     let admin = cluster.url_for(Principal::Admin);

@@ -151,8 +151,8 @@ async fn a_user_only_ever_receives_its_own_notifications() {
     for _ in 0..2 {
         let jwks = JwksServer::start().await.unwrap();
         let mut config = test_config(hubs[0].database_url.clone(), &jwks);
-        config.stream = hubs[0].stream.clone();
-        config.subject_prefix = hubs[0].subject_prefix.clone();
+        config.connections.stream = hubs[0].stream.clone();
+        config.connections.subject_prefix = hubs[0].subject_prefix.clone();
         hubs.push(TestApp::spawn_with(config, jwks).await.unwrap());
     }
     let users: Vec<(Uuid, String)> = (0..USERS).map(|_| user_token(&hubs[0])).collect();
@@ -680,7 +680,7 @@ async fn a_dropped_subscription_loses_nothing() {
     let redis_server = RedisServer::start().await.unwrap();
     let jwks = JwksServer::start().await.unwrap();
     let mut config = test_config(fresh_database().await.unwrap(), &jwks);
-    config.redis_url = redis_server.url_for(Principal::CommandApi);
+    config.connections.redis_url = redis_server.url_for(Principal::CommandApi);
     let app = TestApp::spawn_with(config, jwks).await.unwrap();
     let (user, token) = user_token(&app);
     let mut socket = connect(&app, Connect::header(&token)).await;
@@ -742,7 +742,7 @@ async fn the_hub_resubscribes_after_redis_restarts() {
     let mut redis_server = RedisServer::start().await.unwrap();
     let jwks = JwksServer::start().await.unwrap();
     let mut config = test_config(fresh_database().await.unwrap(), &jwks);
-    config.redis_url = redis_server.url_for(Principal::CommandApi);
+    config.connections.redis_url = redis_server.url_for(Principal::CommandApi);
     let app = TestApp::spawn_with(config, jwks).await.unwrap();
     let (user, token) = user_token(&app);
     let mut notifier = Notifier::new(&app).await;

@@ -21,7 +21,7 @@ use serde_json::json;
 async fn app_with(partitions: u32) -> TestApp {
     let jwks = JwksServer::start().await.unwrap();
     let mut config = test_config(fresh_database().await.unwrap(), &jwks);
-    config.partitions = Partitions::new(partitions).unwrap();
+    config.connections.partitions = Partitions::new(partitions).unwrap();
     TestApp::spawn_with(config, jwks).await.unwrap()
 }
 
@@ -158,7 +158,7 @@ async fn events_carry_their_partition_and_the_stream_refuses_another_count() {
     let (started, stderr) = run_to_end("command-api", &["publisher"], &env).await;
     assert!(!started, "the publisher refuses a stream of 4 partitions");
     assert!(
-        stderr.contains("it has 4 partition(s) and KEEL_PARTITIONS is 2"),
+        stderr.contains("has 4 partition(s) and KEEL_PARTITIONS is 2"),
         "the refusal says why: {stderr}"
     );
     env[1] = ("NATS_URL", app.nats_url_of(Principal::Projectors));

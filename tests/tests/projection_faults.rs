@@ -162,7 +162,7 @@ async fn projections_resume_after_nats_is_killed_and_restarted_mid_backlog() {
     let mut nats = NatsServer::start().await.unwrap();
     let jwks = JwksServer::start().await.unwrap();
     let mut settings = test_config(fresh_database().await.unwrap(), &jwks);
-    settings.nats_url = nats.url_for(Principal::CommandApi);
+    settings.connections.nats_url = nats.url_for(Principal::CommandApi);
     let app = TestApp::spawn_with(settings, jwks).await.unwrap();
     let appended = seed_blog(&app.pool, 40, 200, 8000).await.unwrap() as i64;
     let projectors = Running::start(&app).await;

@@ -345,11 +345,9 @@ async fn a_dead_letter_waits_until_the_command_api_has_made_its_stream() {
 
     // The command API (re)starts and makes its streams.
     let jwks = keel_tests::JwksServer::start().await.unwrap();
-    let config = command_api::Config {
-        stream: app.stream.clone(),
-        subject_prefix: app.subject_prefix.clone(),
-        ..keel_tests::test_app::test_config(app.database_url.clone(), &jwks)
-    };
+    let mut config = keel_tests::test_app::test_config(app.database_url.clone(), &jwks);
+    config.connections.stream = app.stream.clone();
+    config.connections.subject_prefix = app.subject_prefix.clone();
     let second = TestApp::spawn_with(config, jwks).await.unwrap();
     caught_up(&app.pool, Duration::from_secs(60)).await;
     assert_eq!(post_titles(&app).await, ["healthy"]);

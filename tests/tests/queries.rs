@@ -148,7 +148,7 @@ fn ids(items: &Value) -> Vec<Uuid> {
 async fn spawn_on_redis(redis_url: &str) -> TestApp {
     let jwks = JwksServer::start().await.unwrap();
     let mut config = test_config(fresh_database().await.unwrap(), &jwks);
-    config.redis_url = redis_url.to_owned();
+    config.connections.redis_url = redis_url.to_owned();
     TestApp::spawn_with(config, jwks).await.unwrap()
 }
 

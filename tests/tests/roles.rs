@@ -193,10 +193,8 @@ async fn each_process_runs_with_only_its_own_rights_and_the_rest_is_refused() {
     assert!(migrated.contains("schema up to date"), "{migrated}");
     cluster.grant();
     let jwks = JwksServer::start().await.unwrap();
-    let config = command_api::Config {
-        migrate_database_url: Some(owner.clone()),
-        ..test_config(api.clone(), &jwks)
-    };
+    let mut config = test_config(api.clone(), &jwks);
+    config.connections.migrate_database_url = Some(owner.clone());
     let app = TestApp::spawn_with(config, jwks).await.unwrap();
     // Without an owner's URL: the schema is current, so they start without migrating.
     let projector = WorkerProcess::spawn_on("projectors", &app, &projectors);

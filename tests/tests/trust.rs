@@ -35,7 +35,7 @@ async fn pair_on(redis: Option<&str>) -> (TestApp, TestApp) {
     let jwks = JwksServer::start().await.unwrap();
     let mut config = test_config(fresh_database().await.unwrap(), &jwks);
     if let Some(redis) = redis {
-        config.redis_url = redis.to_owned();
+        config.connections.redis_url = redis.to_owned();
     }
     let second = config.clone();
     let a = TestApp::spawn_with(config, jwks).await.unwrap();
@@ -265,13 +265,10 @@ async fn a_revocation_holds_with_redis_down_flushed_and_every_process_restarted(
         .query_async::<()>(&mut flush)
         .await
         .unwrap();
-    let config = test_config(a.database_url.clone(), &a.jwks);
-    let config = command_api::Config {
-        redis_url: redis.url_for(Principal::CommandApi),
-        stream: a.stream.clone(),
-        subject_prefix: a.subject_prefix.clone(),
-        ..config
-    };
+    let mut config = test_config(a.database_url.clone(), &a.jwks);
+    config.connections.redis_url = redis.url_for(Principal::CommandApi);
+    config.connections.stream = a.stream.clone();
+    config.connections.subject_prefix = a.subject_prefix.clone();
     b.stop_keeping_stream().await;
     a.stop_keeping_stream().await;
     for _ in 0..2 {

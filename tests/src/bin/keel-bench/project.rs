@@ -112,7 +112,7 @@ async fn rebuild(events: usize) -> anyhow::Result<(usize, f64, f64)> {
     }
     let scan = seeded as f64 / started.elapsed().as_secs_f64();
     let settings = projectors::Config {
-        bus: bus::Settings {
+        connections: events::settings::Settings {
             database_url: database_url.clone(),
             ..settings_for_rebuild()
         },
@@ -124,8 +124,8 @@ async fn rebuild(events: usize) -> anyhow::Result<(usize, f64, f64)> {
     Ok((seeded, keel, scan))
 }
 
-fn settings_for_rebuild() -> bus::Settings {
-    bus::Settings {
+fn settings_for_rebuild() -> events::settings::Settings {
+    events::settings::Settings {
         database_url: String::new(),
         migrate_database_url: None,
         nats_url: String::new(),

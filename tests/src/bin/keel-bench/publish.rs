@@ -113,7 +113,7 @@ async fn bare_rate(database_url: &str, source: &EventStream) -> anyhow::Result<f
 async fn latency(rate: u32, seconds: u64) -> anyhow::Result<Vec<Duration>> {
     let jwks = JwksServer::start().await?;
     let config = test_config(fresh_database().await?, &jwks);
-    let prefix = config.subject_prefix.clone();
+    let prefix = config.connections.subject_prefix.clone();
     let app = Arc::new(TestApp::spawn_with(config, jwks).await?);
     let client = nats(Principal::Admin).await?;
     let mut subscriber = client.subscribe(format!("{prefix}.>")).await?;

@@ -94,7 +94,7 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<Figure>> {
 async fn projectors(events: usize, instances: usize) -> anyhow::Result<(f64, String)> {
     let jwks = JwksServer::start().await?;
     let mut settings = test_config(fresh_database().await?, &jwks);
-    settings.partitions = Partitions::new(PARTITIONS)?;
+    settings.connections.partitions = Partitions::new(PARTITIONS)?;
     let app = TestApp::spawn_with(settings, jwks).await?;
     let mut running = Vec::with_capacity(instances);
     for _ in 0..instances {
@@ -145,8 +145,8 @@ async fn hubs(sockets_per_hub: usize, notifications: usize) -> anyhow::Result<Fi
     for _ in 0..HUBS {
         let jwks = JwksServer::start().await?;
         let mut settings = test_config(database_url.clone(), &jwks);
-        settings.stream = stream.clone();
-        settings.subject_prefix = subject_prefix.clone();
+        settings.connections.stream = stream.clone();
+        settings.connections.subject_prefix = subject_prefix.clone();
         apps.push(TestApp::spawn_with(settings, jwks).await?);
     }
     // Users 0..HUBS*n have a socket on hub `i % HUBS`; as many more have none.

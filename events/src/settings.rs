@@ -1,19 +1,21 @@
-//! The connection settings every worker shares, read once in `main`, and opening them.
+//! Where every Keel process reads and writes (Postgres, NATS, Redis, the stream), read once
+//! in `main`, and opening each: the same flags and environment variables in command-api,
+//! `command-api publisher`, the projectors and the relay.
 
 use std::path::PathBuf;
 
+use crate::partitions::Partitions;
+use crate::tls::PrivateCa;
 use async_nats::jetstream;
 use clap::Args;
-use events::partitions::Partitions;
-use events::tls::PrivateCa;
 use sqlx::PgPool;
 
-/// Where a worker (the projectors, the relay) reads from and writes to. Each binary's
-/// `Config` flattens it, so the flags and environment variables are the same in both.
+/// Where a process reads from and writes to. Each binary's `Config` flattens it (a
+/// process that needs no Redis, the publisher, ignores `REDIS_URL`).
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
-    /// Postgres: the event log (read) and the read models (written). Created and migrated
-    /// on start if missing.
+    /// Postgres: the event log, the outbox and the read models. The database is created
+    /// and migrated at start if missing.
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -47,7 +49,7 @@ pub struct Settings {
     #[arg(long, env = "NATS_CREDS", global = true)]
     pub nats_creds: Option<PathBuf>,
 
-    /// Redis: the UI cache the projectors invalidate, the relay's notification channels;
+    /// Redis: the notification channels and history, the UI cache, socket tickets;
     /// `user:password@` selects the ACL user.
     #[arg(
         long,
@@ -67,8 +69,8 @@ pub struct Settings {
     #[arg(long, env = "KEEL_STREAM", default_value = "EVENTS", global = true)]
     pub stream: String,
 
-    /// Subject prefix: events arrive on `<prefix>.<type>` (`<prefix>.<type>.<partition>`
-    /// with several partitions).
+    /// Subject prefix: events go to `<prefix>.<type>` (`<prefix>.<type>.<partition>` with
+    /// several partitions).
     #[arg(
         long,
         env = "KEEL_SUBJECT_PREFIX",
@@ -77,9 +79,9 @@ pub struct Settings {
     )]
     pub subject_prefix: String,
 
-    /// Partitions of the stream (the publisher's `KEEL_PARTITIONS`; a stream made with
-    /// another count refuses the start). With P > 1 the instances of a worker share the
-    /// partitions, each owned by one instance at a time.
+    /// Partitions of the stream, 1 to 64: an event's is `fnv1a64(stream id) mod P`, the
+    /// last token of its subject when P > 1, and the instances of a worker share them.
+    /// Fixed for the stream's life: a stream made with another count refuses the start.
     #[arg(long, env = "KEEL_PARTITIONS", default_value = "1", global = true)]
     pub partitions: Partitions,
 }
@@ -87,13 +89,13 @@ pub struct Settings {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error(transparent)]
-    Database(#[from] events::database::OpenError),
+    Database(#[from] crate::database::OpenError),
     #[error(transparent)]
-    Tls(#[from] events::tls::CaFileError),
+    Tls(#[from] crate::tls::CaFileError),
     #[error("invalid REDIS_URL")]
     Redis(#[source] redis::RedisError),
     #[error(transparent)]
-    Nats(events::nats::ConnectError),
+    Nats(crate::nats::ConnectError),
     #[error(
         "JetStream stream {stream} has {recorded} partition(s) and KEEL_PARTITIONS is {configured} (partitions are fixed for a stream's life)"
     )]
@@ -114,7 +116,7 @@ impl Settings {
     /// Opens Postgres with `pool_size` connections, creating and migrating the database
     /// if needed.
     pub async fn database(&self, pool_size: u32) -> Result<PgPool, ConnectError> {
-        Ok(events::database::open(
+        Ok(crate::database::open(
             &self.database_url,
             self.migrate_database_url.as_deref(),
             pool_size,
@@ -123,9 +125,10 @@ impl Settings {
     }
 
     /// Connects to NATS (retried in the background while it is away) for JetStream, and
-    /// checks that the stream, if it exists already, has the configured partitions.
+    /// checks that the stream, if it exists already, has the configured partitions
+    /// (waiting a few seconds at most when NATS is away).
     pub async fn jetstream(&self, ca: &PrivateCa) -> Result<jetstream::Context, ConnectError> {
-        let nats = events::nats::connect(ca.nats(), &self.nats_url, self.nats_creds.as_deref())
+        let nats = crate::nats::connect(ca.nats(), &self.nats_url, self.nats_creds.as_deref())
             .await
             .map_err(ConnectError::Nats)?;
         let context = jetstream::new(nats);
