@@ -154,7 +154,7 @@ nats_permissions() {
       allow+=' "$JS.API.STREAM.INFO.*", "$JS.API.STREAM.MSG.GET.*"' ;;
     projectors)
       allow=$(for name in users authors posts dashboard; do nats_consumer_subjects "projector-$name"; done)
-      allow+=$consumer_common ;;
+      allow+="\"\$JS.API.STREAM.MSG.GET.*\", $consumer_common" ;;
     relay)
       allow="$(nats_consumer_subjects relay-notifications)\"\$JS.API.STREAM.MSG.GET.*\", $consumer_common" ;;
   esac

@@ -6,6 +6,8 @@
 //! - [`durable`]: getting or creating a durable pull consumer with Keel's settings.
 //! - [`pull`]: the pull loop, handing messages over in batches. [`settle`]: telling
 //!   JetStream what became of a message (ack, nak with a delay, still in progress).
+//! - [`in_flight`]: what a consumer's earlier holder received and did not acknowledge,
+//!   read from the stream when a partition is taken over.
 //! - [`retry`]: one retry loop with exponential backoff, until done or stopped.
 //! - [`dead_letter_queue`]: the `<stream>_DLQ` stream, where a consumer gives up on a
 //!   message.
@@ -15,6 +17,7 @@
 
 pub mod dead_letter_queue;
 pub mod durable;
+pub mod in_flight;
 pub mod partitioned;
 pub mod pull;
 pub mod retry;
@@ -22,6 +25,7 @@ pub mod settle;
 
 pub use crate::dead_letter_queue::{DeadLetterError, DeadLetterQueue, Letter};
 pub use crate::durable::{Durable, ProvisionError};
+pub use crate::in_flight::{InFlight, InFlightError, in_flight};
 pub use crate::pull::{Batching, Next, Pull, PullError};
 pub use crate::retry::{Backoff, Retries, retry_until};
 

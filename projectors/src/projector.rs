@@ -22,8 +22,8 @@ use crate::ledger::{self, ApplyError, Outcome};
 use crate::ui_cache::UiCache;
 use bus::pull::stream_sequence;
 use bus::{
-    Backoff, Batching, DeadLetterError, DeadLetterQueue, Durable, Letter, Next, ProvisionError,
-    Pull, PullError, chain, retry_until, settle,
+    Backoff, Batching, DeadLetterError, DeadLetterQueue, Durable, InFlight, Letter, Next,
+    ProvisionError, Pull, PullError, chain, in_flight, retry_until, settle,
 };
 use events::envelope;
 use events::event_log::RecordedEvent;
@@ -162,10 +162,19 @@ impl Projector {
     }
 
     async fn consume(&self, stop: &CancellationToken) -> Result<(), ProjectorError> {
-        let (_, consumer) = self
+        let (stream, mut consumer) = self
             .durable()
             .provision(&self.jetstream, &self.stream)
             .await?;
+        if let Some(fence) = &self.partition {
+            // Only a shortcut: what is in flight comes back after its ack wait anyway.
+            match in_flight(&stream, &mut consumer, self.partitions, fence.partition()).await {
+                Ok(missed) => self.apply_in_flight(missed).await?,
+                Err(error) => {
+                    tracing::warn!(consumer = %self.consumer(), error = %chain(&error), "events in flight not read; left to their redelivery")
+                }
+            }
+        }
         let mut pull = Pull::start(&consumer, BATCHING).await?;
         tracing::info!(consumer = %self.consumer(), "projection consuming");
         loop {
@@ -188,6 +197,38 @@ impl Projector {
             .await
             .map(drop)
             .map_err(ProjectorError::Database)
+    }
+
+    /// Applies, before anything newer, what the partition's previous owner received and
+    /// did not acknowledge (`bus::in_flight`): without it, those would come back only
+    /// after their ack wait, and the streams they belong to would wait for them. They
+    /// are redelivered later all the same, as duplicates. An event that fails here is
+    /// left to that redelivery, which retries and dead-letters it as usual.
+    async fn apply_in_flight(&self, missed: Vec<InFlight>) -> Result<(), ProjectorError> {
+        let events: Vec<RecordedEvent> = missed
+            .iter()
+            .filter_map(|(_, payload)| envelope::from_bytes(payload).ok())
+            .collect();
+        for chunk in events.chunks(BATCH) {
+            let chunk: Vec<&RecordedEvent> = chunk.iter().collect();
+            let mut stale = Vec::new();
+            match self.transact(&chunk, &mut stale).await {
+                Ok(outcomes) => {
+                    let announced = self.policy_changes(&chunk, &outcomes);
+                    self.cache.invalidate(&mut stale).await;
+                    self.cache.announce(&announced).await;
+                }
+                Err(error) if error.is_unavailable() => return Err(error.into()),
+                Err(error) => {
+                    tracing::warn!(consumer = %self.consumer(), error = %chain(&error), "events in flight not applied; left to their redelivery");
+                    return Ok(());
+                }
+            }
+        }
+        if !events.is_empty() {
+            tracing::info!(consumer = %self.consumer(), events = events.len(), "applied what the previous owner had in flight");
+        }
+        Ok(())
     }
 
     /// Applies one batch of messages and settles each with JetStream.

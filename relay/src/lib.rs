@@ -31,13 +31,12 @@ pub mod publish;
 
 use std::time::Duration;
 
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, consumer};
 use bus::pull::stream_sequence;
 use bus::settle::{self, SettleError};
 use bus::{
-    Backoff, Batching, DeadLetterError, DeadLetterQueue, Durable, Letter, Next, ProvisionError,
-    Pull, PullError, chain, partitioned, retry_until,
+    Backoff, Batching, DeadLetterError, DeadLetterQueue, Durable, InFlightError, Letter, Next,
+    ProvisionError, Pull, PullError, chain, in_flight, partitioned, retry_until,
 };
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
@@ -88,8 +87,8 @@ enum RelayError {
     Provision(#[from] ProvisionError),
     #[error(transparent)]
     Pull(#[from] PullError),
-    #[error("reading the messages in flight failed")]
-    InFlight(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    InFlight(#[from] InFlightError),
     #[error(transparent)]
     Ack(#[from] SettleError),
     #[error(transparent)]
@@ -257,38 +256,24 @@ impl Owner {
         }
     }
 
-    /// Relays, in order and before anything newer, what an earlier instance received
-    /// but did not acknowledge (it may have crashed): JetStream would hand those out again
-    /// only after their ack wait, behind newer ones. They are read straight from the
-    /// stream; when JetStream redelivers them later, they are duplicates and dropped.
+    /// Relays, in order and before anything newer, what an earlier owner received but
+    /// did not acknowledge (`bus::in_flight`); when JetStream redelivers those later, they
+    /// are duplicates and dropped.
     async fn relay_in_flight(
         &mut self,
         stream: &jetstream::stream::Stream,
         consumer: &mut consumer::PullConsumer,
         stop: &CancellationToken,
     ) -> Result<bool, RelayError> {
-        let info = consumer
-            .info()
-            .await
-            .map_err(|e| RelayError::InFlight(Box::new(e)))?;
-        let (floor, delivered) = (
-            info.ack_floor.stream_sequence,
-            info.delivered.stream_sequence,
-        );
-        for sequence in floor + 1..=delivered {
-            let message = match stream.get_raw_message(sequence).await {
-                Ok(message) => message,
-                Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => continue,
-                Err(error) => return Err(RelayError::InFlight(Box::new(error))),
-            };
-            let partitions = self.relay.partitions;
-            if partitions
-                .of_subject(&message.subject)
-                .is_some_and(|partition| partition != self.fence.partition())
-            {
-                continue;
-            }
-            if !self.relay(&message.payload, sequence, None, stop).await? {
+        let missed = in_flight(
+            stream,
+            consumer,
+            self.relay.partitions,
+            self.fence.partition(),
+        )
+        .await?;
+        for (sequence, payload) in missed {
+            if !self.relay(&payload, sequence, None, stop).await? {
                 return Ok(false);
             }
         }

@@ -4,6 +4,8 @@
 //!   partitions with one instance, then (on a fresh copy) with two, timed from the moment
 //!   the partitions are shared: the log is seeded then, the publisher puts it on the
 //!   stream and the projections apply it (seeding and publishing are in both times alike).
+//!   A third run starts two instances together on a backlog already in the stream, so
+//!   half the partitions move while it is applied (the cost of a rebalance under load).
 //!   The instances run
 //!   in this process, each with its own pools, connections and partition membership, as
 //!   two processes would; on two cores a ratio near 1 is expected (the invariant is what
@@ -51,16 +53,20 @@ pub struct Options {
 }
 
 pub async fn run(options: Options) -> anyhow::Result<Vec<Figure>> {
-    let (one, one_cpu) = projectors(options.events, 1).await?;
-    let (two, two_cpu) = projectors(options.events, 2).await?;
+    let (one, one_cpu) = projectors(options.events, 1, Start::Settled).await?;
+    let (two, two_cpu) = projectors(options.events, 2, Start::Settled).await?;
+    let (moving, moving_cpu) = projectors(options.events, 2, Start::OnBacklog).await?;
     println!(
         "scale projectors: P = {PARTITIONS}, {} events (posts + authors): 1 instance {one:.0} events/s, \
-         2 instances {two:.0} events/s, ratio {:.2}",
+         2 instances {two:.0} events/s (ratio {:.2}), 2 instances starting together on the backlog \
+         {moving:.0} events/s (ratio {:.2})",
         options.events,
-        two / one
+        two / one,
+        moving / one
     );
-    println!("  {one_cpu}");
-    println!("  {two_cpu}");
+    for line in [one_cpu, two_cpu, moving_cpu] {
+        println!("  {line}");
+    }
     let hubs = hubs(options.sockets_per_hub, options.notifications).await?;
     let (r1, r3) = replicas(options.drain_events).await?;
     println!(
@@ -72,6 +78,14 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<Figure>> {
         Figure::ratio(
             "scale: projectors, 2 instances (P = 8)",
             two,
+            "events/s",
+            "1 instance",
+            one,
+            None,
+        ),
+        Figure::ratio(
+            "scale: projectors, 2 instances starting on a backlog",
+            moving,
             "events/s",
             "1 instance",
             one,
@@ -89,21 +103,40 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<Figure>> {
     ])
 }
 
+/// How the projector instances meet the backlog.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// The partitions are shared before the backlog is seeded (the clock starts then).
+    Settled,
+    /// The backlog is in the stream first; the instances start on it together, so the
+    /// partitions move while it is applied (the clock starts with the first instance).
+    OnBacklog,
+}
+
 /// Events/s of `instances` projector instances sharing P = 8 partitions over a backlog of
 /// about `events`, and the CPU they used.
-async fn projectors(events: usize, instances: usize) -> anyhow::Result<(f64, String)> {
+async fn projectors(
+    events: usize,
+    instances: usize,
+    start: Start,
+) -> anyhow::Result<(f64, String)> {
     let jwks = JwksServer::start().await?;
     let mut settings = test_config(fresh_database().await?, &jwks);
     settings.connections.partitions = Partitions::new(PARTITIONS)?;
     let app = TestApp::spawn_with(settings, jwks).await?;
+    let mut seeded = match start {
+        Start::OnBacklog => crate::project::backlog(&app, events).await?,
+        Start::Settled => 0,
+    };
+    let redis_url = principals().redis_url(Principal::Admin);
+    let mut cpu = crate::cpu::sample(&redis_url).await;
+    let mut started = Instant::now();
     let mut running = Vec::with_capacity(instances);
     for _ in 0..instances {
         running.push(
             Running::start_with(config(&app), &[Projection::Posts, Projection::Authors]).await,
         );
     }
-    // Measured once the partitions are shared: a rebalance under a backlog is another
-    // figure (see BENCHMARKS.md).
     let share = PARTITIONS as usize / instances;
     let deadline = Instant::now() + Duration::from_secs(60);
     let owners = loop {
@@ -117,10 +150,11 @@ async fn projectors(events: usize, instances: usize) -> anyhow::Result<(f64, Str
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let redis_url = principals().redis_url(Principal::Admin);
-    let cpu = crate::cpu::sample(&redis_url).await;
-    let started = Instant::now();
-    let seeded = crate::project::backlog(&app, events).await?;
+    if start == Start::Settled {
+        cpu = crate::cpu::sample(&redis_url).await;
+        started = Instant::now();
+        seeded = crate::project::backlog(&app, events).await?;
+    }
     crate::project::applied(&app).await?;
     let rate = seeded as f64 / started.elapsed().as_secs_f64();
     let cpu_line = cpu
