@@ -9,7 +9,7 @@
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
-use events::event_log::RecordedEvent;
+use domain::recorded::RecordedEvent;
 
 /// Where dead letters go: stream `<KEEL_STREAM>_DLQ`, subjects `dlq.<prefix>.<consumer>`
 /// (`events::nats`).

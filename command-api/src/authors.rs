@@ -11,7 +11,7 @@ use crate::consistency::MinPosition;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::validation::{PathText, parse_id};
-use events::ids::UserId;
+use domain::ids::UserId;
 use events::read_model::Projection;
 
 pub fn router() -> Router<AppState> {

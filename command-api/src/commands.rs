@@ -17,9 +17,9 @@ use crate::request_id::RequestId;
 use crate::state::AppState;
 use crate::writer::idempotency::{IdempotencyKey, Idempotent, StoredResponse};
 use crate::writer::{AppendedEvent, CommandError, Outcome, Recorded, Submission};
-use events::domain::Command;
-use events::event_log::Metadata;
-use events::ids::{EventId, Position, Version};
+use domain::Command;
+use domain::ids::{EventId, Position, Version};
+use domain::recorded::Metadata;
 
 pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -336,7 +336,7 @@ fn metadata(context: &CommandContext) -> Metadata {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use events::ids::{PostId, StreamId};
+    use domain::ids::{PostId, StreamId};
 
     fn recorded(events: usize) -> Recorded {
         let stream = StreamId::post(PostId::new());

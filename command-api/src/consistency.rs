@@ -12,8 +12,8 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::error::{ApiError, FieldError};
 use crate::state::AppState;
+use domain::ids::Position;
 use events::event_log;
-use events::ids::Position;
 use events::read_model::{self, Projection};
 
 pub static X_MIN_POSITION: HeaderName = HeaderName::from_static("x-min-position");

@@ -16,7 +16,7 @@ use crate::consistency::{self, MinPosition};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::users::UserView;
-use events::ids::{CommentId, Position, PostId, UserId};
+use domain::ids::{CommentId, Position, PostId, UserId};
 use events::read_model::{self, DASHBOARD_TTL_SECS, Projection};
 
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");

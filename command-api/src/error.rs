@@ -5,8 +5,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use events::domain::DomainError;
-use events::ids::{Position, Version};
+use domain::DomainError;
+use domain::ids::{Position, Version};
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 

@@ -13,7 +13,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::users;
 use crate::validation::{PathText, parse_id};
-use events::ids::UserId;
+use domain::ids::UserId;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/internal/users/{id}", get(get_user))

@@ -1,6 +1,6 @@
 //! The command API: where commands enter Keel, and where queries read the read models.
 //!
-//! Pipeline: **HTTP command** -> decide (`events::domain`) -> **event log** (Postgres,
+//! Pipeline: **HTTP command** -> decide (`domain`) -> **event log** (Postgres,
 //! which is also the outbox) -> publisher -> JetStream -> projectors / relay -> Redis
 //! -> WebSocket. This crate owns the first step, the reads of the log itself, and the
 //! queries that answer from the projectors' read models (and the Redis UI cache). It

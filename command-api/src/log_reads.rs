@@ -14,9 +14,10 @@ use crate::error::ApiError;
 use crate::query::Query;
 use crate::state::AppState;
 use crate::validation::{Fields, PathText, parse_id};
-use events::envelope;
-use events::event_log::{self, RecordedEvent};
-use events::ids::{Position, StreamId, Version};
+use domain::envelope;
+use domain::ids::{Position, StreamId, Version};
+use domain::recorded::RecordedEvent;
+use events::event_log;
 
 pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;

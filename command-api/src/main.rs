@@ -59,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
     if std::env::args().nth(1).as_deref() == Some("republish") {
         let args = Republish::parse_from(std::env::args().skip(1));
         let pool = sqlx::PgPool::connect(&args.database_url).await?;
-        events::outbox::request_republish(&pool, events::ids::Position(args.from)).await?;
+        events::outbox::request_republish(&pool, domain::ids::Position(args.from)).await?;
         println!(
             "republish from position {} requested; the active publisher picks it up",
             args.from.max(1)

@@ -19,7 +19,7 @@ use crate::error::ApiError;
 use crate::query::Query;
 use crate::state::AppState;
 use crate::validation::{Fields, PathText, parse_id};
-use events::ids::{CommentId, PostId, UserId, Version};
+use domain::ids::{CommentId, PostId, UserId, Version};
 use events::read_model::Projection;
 
 pub const DEFAULT_LIMIT: i64 = 20;

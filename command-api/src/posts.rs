@@ -11,8 +11,8 @@ use crate::commands::{Answer, CommandContext};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::validation::{Fields, PathText, parse_id};
-use events::domain::{Command, CommentBody, PostBody, PostCommand, Title};
-use events::ids::{CommentId, PostId};
+use domain::ids::{CommentId, PostId};
+use domain::{Command, CommentBody, PostBody, PostCommand, Title};
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{VerifiedBearer, bearer_token_in};
 use crate::error::ApiError;
 use crate::state::AppState;
-use events::ids::UserId;
+use domain::ids::UserId;
 
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");

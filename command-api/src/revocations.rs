@@ -17,8 +17,8 @@ use crate::commands::{Answer, CommandContext};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::validation::Fields;
-use events::domain::{Command, Jti, TokenCommand, UserCommand};
-use events::ids::{Position, TokenId, UserId};
+use domain::ids::{Position, TokenId, UserId};
+use domain::{Command, Jti, TokenCommand, UserCommand};
 use events::policy::{self, Revocation};
 
 pub fn router() -> Router<AppState> {

@@ -16,8 +16,8 @@ use crate::consistency::MinPosition;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::validation::{Fields, PathText, parse_id};
-use events::domain::{Command, Email, Name, Role, UserCommand};
-use events::ids::{UserId, Version};
+use domain::ids::{UserId, Version};
+use domain::{Command, Email, Name, Role, UserCommand};
 use events::read_model::Projection;
 
 pub fn router() -> Router<AppState> {

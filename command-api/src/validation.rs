@@ -5,7 +5,7 @@ use axum::extract::{FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use events::domain::Invalid;
+use domain::Invalid;
 
 use crate::commands::{idempotency_key_text, if_match};
 use crate::consistency::MinPosition;
@@ -111,7 +111,7 @@ mod tests {
     use super::*;
 
     fn found(raw: &str) -> bool {
-        parse_id::<events::ids::UserId>(raw, "user").is_ok()
+        parse_id::<domain::ids::UserId>(raw, "user").is_ok()
     }
 
     #[test]
@@ -124,13 +124,13 @@ mod tests {
         assert!(!found(&id.replace('-', "")));
         assert!(!found(&format!(" {id}")));
         let stream = format!("post-{id}");
-        assert!(parse_id::<events::ids::StreamId>(&stream, "stream").is_ok());
+        assert!(parse_id::<domain::ids::StreamId>(&stream, "stream").is_ok());
         for bad in [
             format!("post-{{{id}}}"),
             format!("post-{}", id.replace('-', "")),
         ] {
             assert!(
-                parse_id::<events::ids::StreamId>(&bad, "stream").is_err(),
+                parse_id::<domain::ids::StreamId>(&bad, "stream").is_err(),
                 "{bad}"
             );
         }

@@ -41,7 +41,7 @@ use uuid::Uuid;
 
 use domain::Event;
 use domain::ids::{EventId, Position, StreamId, UserId, Version};
-pub use domain::recorded::{Metadata, RecordedEvent};
+use domain::recorded::{Metadata, RecordedEvent};
 
 /// An event about to be appended at an exact stream version.
 #[derive(Debug, Clone)]

@@ -17,10 +17,6 @@
 //! - [`settings`]: where every process reads and writes (flags and environment), opened.
 //! - [`tls`]: Redis and NATS clients, over TLS to a private CA when configured.
 //! - [`MIGRATOR`]: the schema, owned by `events/migrations`.
-//!
-//! Until the workspace imports them from `domain` directly, the domain's modules are
-//! re-exported here under their old paths ([`domain`], [`ids`], [`envelope`],
-//! [`notification`]).
 
 pub mod database;
 pub mod event_log;
@@ -34,8 +30,6 @@ pub mod process;
 pub mod read_model;
 pub mod settings;
 pub mod tls;
-
-pub use domain::{self, envelope, ids, notification};
 
 /// Every table Keel owns. Run on start by each binary (or `command-api migrate`) when the
 /// schema is behind; safe to run concurrently.

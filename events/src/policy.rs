@@ -11,7 +11,9 @@ pub use domain::policy::{
     UserPolicy, invalidate_channel, invalidation,
 };
 
-use crate::event_log::{COLUMNS, EventRow, RecordedEvent, recorded};
+use domain::recorded::RecordedEvent;
+
+use crate::event_log::{COLUMNS, EventRow, recorded};
 
 /// The SQL list of [`EVENT_TYPES`], spelled as the partial index's predicate so the
 /// planner can use the index (a bound array parameter would not prove the predicate).

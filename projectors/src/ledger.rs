@@ -12,10 +12,11 @@ use std::collections::HashMap;
 use sqlx::PgConnection;
 
 use crate::models;
-use events::domain::{DecodeError, Event};
-use events::event_log::{self, RecordedEvent};
-use events::ids::UserId;
-use events::ids::Version;
+use domain::ids::UserId;
+use domain::ids::Version;
+use domain::recorded::RecordedEvent;
+use domain::{DecodeError, Event};
+use events::event_log;
 use events::read_model::Projection;
 
 /// What became of one event.

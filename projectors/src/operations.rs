@@ -8,7 +8,8 @@ use crate::ledger::{self, ApplyError};
 use crate::models;
 use crate::ui_cache::UiCache;
 use bus::chain;
-use events::event_log::{self, RecordedEvent};
+use domain::recorded::RecordedEvent;
+use events::event_log;
 use events::read_model::{self, Projection};
 
 /// One projection's standing.
@@ -213,7 +214,7 @@ async fn redrive(
     pool: &PgPool,
     projection: Projection,
     letter: &DeadLetter,
-) -> Result<Vec<events::ids::UserId>, RedriveError> {
+) -> Result<Vec<domain::ids::UserId>, RedriveError> {
     let schema = projection.schema();
     let mut tx = pool.begin().await?;
     ledger::lock(&mut tx, projection).await?;
@@ -230,7 +231,7 @@ async fn redrive(
         return Err(RedriveError::Gone);
     }
     let event: RecordedEvent =
-        event_log::read_all(&mut *tx, events::ids::Position(letter.position - 1), 1)
+        event_log::read_all(&mut *tx, domain::ids::Position(letter.position - 1), 1)
             .await?
             .into_iter()
             .find(|e| e.event_id.0 == letter.event_id)

@@ -25,9 +25,9 @@ use bus::{
     Backoff, Batching, DeadLetterError, DeadLetterQueue, Durable, InFlight, Letter, Next,
     ProvisionError, Pull, PullError, chain, in_flight, retry_until, settle,
 };
-use events::envelope;
-use events::event_log::RecordedEvent;
-use events::ids::{AggregateKind, UserId};
+use domain::envelope;
+use domain::ids::{AggregateKind, UserId};
+use domain::recorded::RecordedEvent;
 use events::lease::Fence;
 use events::partitions::Partitions;
 use events::policy;

@@ -17,8 +17,9 @@ use sqlx::{Connection, PgConnection, PgPool};
 use crate::ledger::{self, ApplyError, Outcome};
 use crate::ui_cache::UiCache;
 use bus::chain;
-use events::event_log::{self, RecordedEvent};
-use events::ids::Position;
+use domain::ids::Position;
+use domain::recorded::RecordedEvent;
+use events::event_log;
 use events::read_model::{self, Projection};
 
 /// Events read from the log per transaction (bounds the memory a rebuild holds: events

@@ -10,7 +10,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::Mutex;
 
-use events::ids::UserId;
+use domain::ids::UserId;
 use events::read_model::{dashboard_key, dashboard_key_prefix};
 
 /// The longest a cache call may take before it is given up.

@@ -5,8 +5,8 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 
 use crate::stream::EventStream;
-use events::envelope;
-use events::event_log::RecordedEvent;
+use domain::envelope;
+use domain::recorded::RecordedEvent;
 
 /// The NATS message of one event: headers and CloudEvents JSON body.
 pub struct Message {

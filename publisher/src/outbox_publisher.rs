@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::message::{Expect, Message};
 use crate::progress::Progress;
 use crate::stream::{EventStream, StreamError};
-use events::ids::Position;
+use domain::ids::Position;
 use events::{event_log, outbox};
 
 /// Events published per batch before the acks are awaited.

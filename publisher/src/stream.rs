@@ -72,7 +72,7 @@ pub enum StreamError {
 
 impl EventStream {
     /// The subject of an event of `event_type` in `stream_id`.
-    pub fn subject(&self, event_type: &str, stream_id: &events::ids::StreamId) -> String {
+    pub fn subject(&self, event_type: &str, stream_id: &domain::ids::StreamId) -> String {
         self.partitions
             .subject(&self.subject_prefix, event_type, stream_id)
     }

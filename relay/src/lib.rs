@@ -3,12 +3,13 @@
 //! **relay -> Redis** -> WebSocket hub).
 //!
 //! Events are taken in stream order, one at a time. An event that notifies someone
-//! (`events::notification::Trigger`) has its actor's name read from the event log as it
+//! (`domain::notification::Trigger`) has its actor's name read from the event log as it
 //! was at that event (the relay keeps no copy and never calls the command API), then is
-//! published by [`publish`], and only then acknowledged. A crash in between makes the
-//! redelivery a duplicate the publish script drops. While Redis or Postgres is away the
-//! event is retried in place (it is not the event's fault), so nothing later overtakes
-//! it; an event that cannot be read at all goes to the dead-letter stream.
+//! published by the `notify` crate's script (dedup, history and channel in one step),
+//! and only then acknowledged. A crash in between makes the redelivery a duplicate the
+//! script drops. While Redis or Postgres is away the event is retried in place (it is
+//! not the event's fault), so nothing later overtakes it; an event that cannot be read
+//! at all goes to the dead-letter stream.
 //!
 //! Instances share the stream's partitions (`KEEL_PARTITIONS`, `bus::partitioned`): each
 //! partition has one owner at a time, which relays it through its own durable consumer
@@ -24,10 +25,9 @@
 //! may differ from the log's order; the offsets a user sees still only grow, so
 //! recovery by offset stays exact.
 //!
-//! - [`config`]: flags and environment. [`publish`]: one notification onto Redis.
+//! - [`config`]: flags and environment.
 
 pub mod config;
-pub mod publish;
 
 use std::time::Duration;
 
@@ -43,15 +43,15 @@ use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use events::envelope;
-use events::event_log::{self, RecordedEvent};
+use domain::envelope;
+use domain::notification::Trigger;
+use domain::recorded::RecordedEvent;
+use events::event_log;
 use events::lease::Fence;
-use events::notification::Trigger;
 use events::partitions::Partitions;
 use events::settings::ConnectError;
 
 pub use crate::config::Config;
-pub use crate::publish::NotificationPublisher;
 
 /// The durable consumer's name.
 pub const CONSUMER: &str = "relay-notifications";
@@ -113,7 +113,7 @@ pub struct Relay {
     pool: PgPool,
     jetstream: jetstream::Context,
     redis: ConnectionManager,
-    publisher: NotificationPublisher,
+    publisher: notify::Publisher,
     stream: String,
     subject_prefix: String,
     partitions: Partitions,
@@ -144,7 +144,7 @@ pub async fn build(config: &Config) -> Result<Relay, StartError> {
         pool,
         jetstream: settings.jetstream(&ca).await?,
         redis,
-        publisher: NotificationPublisher::new(&settings.stream),
+        publisher: notify::Publisher::new(&settings.stream),
         stream: settings.stream.clone(),
         subject_prefix: settings.subject_prefix.clone(),
         partitions: settings.partitions,

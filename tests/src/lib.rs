@@ -111,9 +111,10 @@ pub async fn fresh_database() -> anyhow::Result<String> {
 /// Appends `n` registrations of fresh users straight into the log, 1000 per
 /// transaction (fast pre-fill for drain tests and benchmarks).
 pub async fn prefill(pool: &sqlx::PgPool, n: usize) -> anyhow::Result<()> {
-    use events::domain::{Event, UserEvent, user::UserRegistered};
-    use events::event_log::{self, Metadata, NewEvent};
-    use events::ids::{EventId, StreamId, UserId, Version};
+    use domain::ids::{EventId, StreamId, UserId, Version};
+    use domain::recorded::Metadata;
+    use domain::{Event, UserEvent, user::UserRegistered};
+    use events::event_log::{self, NewEvent};
     for start in (0..n).step_by(1000) {
         let rows: Vec<NewEvent> = (start..n.min(start + 1000))
             .map(|i| {

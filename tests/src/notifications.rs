@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use events::ids::{EventId, Position, UserId};
-use events::notification::{Addressed, Notification};
+use domain::ids::{EventId, Position, UserId};
+use domain::notification::{Addressed, Notification};
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
@@ -285,7 +285,7 @@ impl Socket {
 /// Publishes notifications exactly as the relay does (its script, its principal), without
 /// events.
 pub struct Notifier {
-    publisher: relay::NotificationPublisher,
+    publisher: notify::Publisher,
     redis: redis::aio::ConnectionManager,
     next_position: i64,
 }
@@ -294,7 +294,7 @@ impl Notifier {
     pub async fn new(app: &TestApp) -> Self {
         let client = redis::Client::open(app.redis_url_of(Principal::Relay)).expect("a redis url");
         Self {
-            publisher: relay::NotificationPublisher::new(&app.stream),
+            publisher: notify::Publisher::new(&app.stream),
             redis: redis::aio::ConnectionManager::new(client)
                 .await
                 .expect("redis answers"),

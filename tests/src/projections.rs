@@ -162,11 +162,12 @@ pub async fn seed_blog(
 ) -> anyhow::Result<usize> {
     use std::collections::{HashMap, HashSet};
 
-    use events::domain::post::{CommentAdded, PostCreated, PostLiked, PostPublished};
-    use events::domain::user::UserRegistered;
-    use events::domain::{Event, PostEvent, Role, UserEvent};
-    use events::event_log::{self, Metadata, NewEvent};
-    use events::ids::{CommentId, EventId, PostId, StreamId, UserId, Version};
+    use domain::ids::{CommentId, EventId, PostId, StreamId, UserId, Version};
+    use domain::post::{CommentAdded, PostCreated, PostLiked, PostPublished};
+    use domain::recorded::Metadata;
+    use domain::user::UserRegistered;
+    use domain::{Event, PostEvent, Role, UserEvent};
+    use events::event_log::{self, NewEvent};
     use rand::Rng;
 
     let mut rng = rand::thread_rng();

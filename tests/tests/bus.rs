@@ -267,7 +267,7 @@ async fn a_lost_stream_is_rebuilt_from_the_log_on_request() {
     let context = async_nats::jetstream::new(nats_connect(&nats).await.unwrap());
     context.delete_stream(&app.stream).await.unwrap();
     assert_eq!(count(&nats, &app.stream).await.unwrap(), 0);
-    events::outbox::request_republish(&app.pool, events::ids::Position(1))
+    events::outbox::request_republish(&app.pool, domain::ids::Position(1))
         .await
         .unwrap();
     assert_equals_log(&nats, &app.stream, &app.pool, Duration::from_secs(20)).await;

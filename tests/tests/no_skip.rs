@@ -5,9 +5,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use events::domain::{Event, UserEvent, user::UserDeactivated};
-use events::event_log::{self, ExpectedVersion, Metadata};
-use events::ids::{Position, StreamId, UserId};
+use domain::ids::{Position, StreamId, UserId};
+use domain::recorded::Metadata;
+use domain::{Event, UserEvent, user::UserDeactivated};
+use events::event_log::{self, ExpectedVersion};
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::watch;
 
@@ -121,7 +122,7 @@ async fn append_refuses_a_stale_expected_version_with_a_typed_conflict() {
     tx.commit().await.unwrap();
     for expected in [
         ExpectedVersion::NoStream,
-        ExpectedVersion::Exactly(events::ids::Version(3)),
+        ExpectedVersion::Exactly(domain::ids::Version(3)),
     ] {
         let mut tx = pool.begin().await.unwrap();
         let result = event_log::append(

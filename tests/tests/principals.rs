@@ -38,7 +38,7 @@ async fn refused(app: &TestApp, principal: Principal, command: &redis::Cmd, what
 #[tokio::test]
 async fn only_the_relay_publishes_notifications_and_it_cannot_subscribe() {
     let app = TestApp::spawn().await.unwrap();
-    let channel = notify::channel(events::ids::UserId(Uuid::new_v4()));
+    let channel = notify::channel(domain::ids::UserId(Uuid::new_v4()));
     // The admin listens on the channel: the first message it sees must be the relay's.
     let mut listener = redis::Client::open(app.redis_admin_url())
         .unwrap()

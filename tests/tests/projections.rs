@@ -477,8 +477,8 @@ async fn status_prints_one_line_per_projection() {
 }
 
 /// The log's events, in position order.
-async fn logged(app: &TestApp) -> Vec<events::event_log::RecordedEvent> {
-    events::event_log::read_all(&app.pool, events::ids::Position(0), 1000)
+async fn logged(app: &TestApp) -> Vec<domain::recorded::RecordedEvent> {
+    events::event_log::read_all(&app.pool, domain::ids::Position(0), 1000)
         .await
         .unwrap()
 }
@@ -487,7 +487,7 @@ async fn logged(app: &TestApp) -> Vec<events::event_log::RecordedEvent> {
 async fn apply_directly(
     app: &TestApp,
     projection: events::read_model::Projection,
-    batch: &[&events::event_log::RecordedEvent],
+    batch: &[&domain::recorded::RecordedEvent],
 ) -> Vec<projectors::ledger::Outcome> {
     let mut tx = app.pool.begin().await.unwrap();
     let mut stale = Vec::new();

@@ -584,7 +584,7 @@ async fn dashboard(app: &TestApp, token: &str, min_position: Option<i64>) -> (St
 }
 
 fn dashboard_key(app: &TestApp, user: Uuid) -> String {
-    events::read_model::dashboard_key(&app.stream, events::ids::UserId(user))
+    events::read_model::dashboard_key(&app.stream, domain::ids::UserId(user))
 }
 
 #[tokio::test]

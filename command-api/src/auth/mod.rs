@@ -33,7 +33,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use events::ids::UserId;
+use domain::ids::UserId;
 pub use jwks::KeySet;
 
 /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.

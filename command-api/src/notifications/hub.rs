@@ -26,7 +26,7 @@ use super::subscription::{self, Subscriptions};
 use super::ticket::Tickets;
 use crate::auth::Principal;
 use crate::policy::{Change, Policy};
-use events::ids::UserId;
+use domain::ids::UserId;
 use events::policy as policy_channels;
 use notify::Offset;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use events::ids::UserId;
+use domain::ids::UserId;
 use notify::{CatchUp, Delivered, ReadError, Reader};
 
 /// Tries of one read before the socket is closed (1011) or refused (503).

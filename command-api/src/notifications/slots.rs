@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::ApiError;
-use events::ids::UserId;
+use domain::ids::UserId;
 
 /// What a client is told to wait before trying again.
 const RETRY_AFTER_SECS: u32 = 5;

@@ -23,7 +23,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::hub::Hub;
-use events::ids::UserId;
+use domain::ids::UserId;
 
 use events::policy as policy_channels;
 

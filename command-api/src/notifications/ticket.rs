@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::auth::Principal;
-use events::ids::UserId;
+use domain::ids::UserId;
 
 /// How long a ticket may wait for its handshake.
 pub const TTL_SECS: u64 = 300;

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::{CAPACITY, Change};
 use crate::auth::LEEWAY_SECS;
-use events::domain::{Event, TokenEvent};
-use events::ids::{Position, UserId};
+use domain::ids::{Position, UserId};
+use domain::{Event, TokenEvent};
 use events::policy::{Invalidation, UserPolicy};
 
 /// The cached policy and how far into the log it reflects.
@@ -127,7 +127,7 @@ impl Applied {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use events::domain::Role;
+    use domain::Role;
 
     fn admin() -> Arc<UserPolicy> {
         Arc::new(UserPolicy {

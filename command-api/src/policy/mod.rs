@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{LEEWAY_SECS, Principal, now};
 use crate::error::ApiError;
-use events::ids::UserId;
+use domain::ids::UserId;
 use events::policy::{self, Invalidation, Revocation, UserPolicy};
 
 pub use cached::{Applied, CachedPolicy};

@@ -3,9 +3,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use events::domain::{Standing, State};
+use domain::ids::{Position, StreamId, UserId, Version};
+use domain::{Standing, State};
 use events::event_log;
-use events::ids::{Position, StreamId, UserId, Version};
 
 /// Aggregates kept in memory; past this the cache starts over. A post keeps its title and
 /// body (for no-op detection and full `post.updated` payloads), up to ~80 KB each, so

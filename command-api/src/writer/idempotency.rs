@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use sqlx::PgPool;
 
 use super::Recorded;
-use events::ids::UserId;
+use domain::ids::UserId;
 
 /// A request's `Idempotency-Key`, with what identifies the request.
 #[derive(Debug, Clone, PartialEq, Eq)]

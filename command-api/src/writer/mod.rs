@@ -32,9 +32,10 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
 use aggregate_cache::AggregateCache;
-use events::domain::{Actor, Command, DomainError};
-use events::event_log::{self, Metadata, NewEvent};
-use events::ids::{EventId, Position, StreamId, UserId, Version};
+use domain::ids::{EventId, Position, StreamId, UserId, Version};
+use domain::recorded::Metadata;
+use domain::{Actor, Command, DomainError};
+use events::event_log::{self, NewEvent};
 use idempotency::{Idempotent, StoredResponse};
 
 /// Most commands in one transaction.

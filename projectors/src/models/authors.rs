@@ -7,7 +7,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::Applied;
-use events::domain::{Event, PostEvent, UserEvent};
+use domain::{Event, PostEvent, UserEvent};
 
 #[derive(sqlx::FromRow)]
 struct Row {

@@ -9,9 +9,9 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::Applied;
-use events::domain::{PostEvent, UserEvent};
-use events::event_log::RecordedEvent;
-use events::ids::UserId;
+use domain::ids::UserId;
+use domain::recorded::RecordedEvent;
+use domain::{PostEvent, UserEvent};
 
 #[derive(sqlx::FromRow)]
 struct Row {

@@ -13,9 +13,9 @@ mod users;
 
 use sqlx::PgConnection;
 
-use events::domain::{Event, PostEvent, UserEvent};
-use events::event_log::RecordedEvent;
-use events::ids::UserId;
+use domain::ids::UserId;
+use domain::recorded::RecordedEvent;
+use domain::{Event, PostEvent, UserEvent};
 use events::read_model::Projection;
 
 /// An event to apply, with where it sits in the log.

@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use events::domain::PostEvent;
-use events::event_log::RecordedEvent;
+use domain::PostEvent;
+use domain::recorded::RecordedEvent;
 
 #[derive(sqlx::FromRow)]
 struct Row {

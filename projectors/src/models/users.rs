@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use events::domain::{Role, UserEvent};
-use events::event_log::RecordedEvent;
+use domain::recorded::RecordedEvent;
+use domain::{Role, UserEvent};
 
 #[derive(sqlx::FromRow)]
 struct Row {

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 
-use events::envelope;
+use domain::envelope;
 use serde_json::Value;
 
 use crate::event_strategies::{event_types, one_of_each, stream_of};

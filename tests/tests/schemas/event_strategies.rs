@@ -3,18 +3,18 @@
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
-use events::domain::post::{
+use domain::ids::{CommentId, EventId, Position, PostId, StreamId, TokenId, UserId, Version};
+use domain::post::{
     CommentAdded, PostCreated, PostDeleted, PostLiked, PostPublished, PostUnliked, PostUpdated,
 };
-use events::domain::token::TokenRevoked;
-use events::domain::user::{
+use domain::recorded::{Metadata, RecordedEvent};
+use domain::token::TokenRevoked;
+use domain::user::{
     UserDeactivated, UserRegistered, UserRoleChanged, UserTokensRevoked, UserUpdated,
 };
-use events::domain::{
+use domain::{
     CommentBody, Email, Event, Jti, Name, PostBody, PostEvent, Role, Title, TokenEvent, UserEvent,
 };
-use events::event_log::{Metadata, RecordedEvent};
-use events::ids::{CommentId, EventId, Position, PostId, StreamId, TokenId, UserId, Version};
 use proptest::prelude::*;
 use proptest::strategy::{BoxedStrategy, Union, ValueTree};
 use proptest::test_runner::TestRunner;

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 
-use events::envelope;
+use domain::envelope;
 use jsonschema::Validator;
 use proptest::prelude::*;
 use serde_json::Value;

@@ -109,7 +109,7 @@ async fn probe_redis(
     let client = redis::Client::open(app.redis_admin_url())?;
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub
-        .subscribe(notify::channel(events::ids::UserId(author)))
+        .subscribe(notify::channel(domain::ids::UserId(author)))
         .await?;
     Ok(tokio::spawn(async move {
         let mut messages = pubsub.on_message();

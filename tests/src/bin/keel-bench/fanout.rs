@@ -9,15 +9,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use events::ids::Position;
+use domain::ids::Position;
 use futures::{StreamExt, TryStreamExt};
 use keel_tests::notifications::Notifier;
 use keel_tests::principals::{Principal, principals};
 use keel_tests::test_app::{mint, test_config};
 use keel_tests::{JwksServer, TestApp, fresh_database, unique_name};
+use notify::Publisher as NotificationPublisher;
 use rand::{Rng, SeedableRng};
 use redis::aio::ConnectionManager;
-use relay::NotificationPublisher;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;

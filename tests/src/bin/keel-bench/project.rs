@@ -104,7 +104,7 @@ async fn rebuild(events: usize) -> anyhow::Result<(usize, f64, f64)> {
     let pool = events::database::open(&database_url, None, 4).await?;
     let seeded = seed(&pool, events).await?;
     let started = Instant::now();
-    let mut after = events::ids::Position(0);
+    let mut after = domain::ids::Position(0);
     loop {
         let page = events::event_log::read_all(&pool, after, projectors::rebuild::PAGE).await?;
         let Some(last) = page.last() else { break };

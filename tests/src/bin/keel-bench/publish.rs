@@ -73,7 +73,7 @@ pub async fn drain_rate_on(
 /// Events/s of a bare publisher: the same messages, built beforehand, the same window.
 async fn bare_rate(database_url: &str, source: &EventStream) -> anyhow::Result<f64> {
     let pool = sqlx::PgPool::connect(database_url).await?;
-    let events = events::event_log::read_all(&pool, events::ids::Position(0), i64::MAX).await?;
+    let events = events::event_log::read_all(&pool, domain::ids::Position(0), i64::MAX).await?;
     let stream = EventStream {
         name: unique_name("BENCH_BARE"),
         subject_prefix: unique_subject_prefix(),
