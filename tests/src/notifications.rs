@@ -399,3 +399,15 @@ pub fn assert_each_comment_once(frames: &[Value], total: usize) {
         "a notification was lost or duplicated"
     );
 }
+
+/// Kills every Pub/Sub connection of the Redis behind `admin` (as a network fault would):
+/// how many there were.
+pub async fn kill_pubsub_clients(admin: &mut redis::aio::MultiplexedConnection) -> i64 {
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(admin)
+        .await
+        .expect("CLIENT KILL answers")
+}

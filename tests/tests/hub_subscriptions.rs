@@ -11,7 +11,8 @@ use futures::future::join_all;
 use keel_tests::api_process::ApiProcess;
 use keel_tests::jwks_server::issuer;
 use keel_tests::notifications::{
-    Connect, Notifier, RunningRelay, Socket, channel_subscribers, connect, try_connect,
+    Connect, Notifier, RunningRelay, Socket, channel_subscribers, connect, kill_pubsub_clients,
+    try_connect,
 };
 use keel_tests::principals::Principal;
 use keel_tests::redis_server::RedisServer;
@@ -294,13 +295,7 @@ async fn after_a_reconnect_every_users_channel_is_subscribed_again() {
         .unwrap();
     user_channels_become(&admin, users.len()).await;
 
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    let killed = kill_pubsub_clients(&mut admin).await;
     assert_eq!(killed, 1, "the hub's subscription");
     let mut notifier = Notifier::new(&app).await;
     let mut missed = Vec::new();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use dev_issuer::TokenRequest;
 use keel_tests::notifications::{
     Connect, Notifier, RunningRelay, Socket, assert_each_comment_once, channel_subscribers,
-    connect, positions_of, try_connect,
+    connect, kill_pubsub_clients, positions_of, try_connect,
 };
 use keel_tests::principals::Principal;
 use keel_tests::redis_server::RedisServer;
@@ -715,13 +715,7 @@ async fn a_dropped_subscription_loses_nothing() {
                 }
             })
             .await;
-            let killed: i64 = redis::cmd("CLIENT")
-                .arg("KILL")
-                .arg("TYPE")
-                .arg("pubsub")
-                .query_async(&mut admin)
-                .await
-                .unwrap();
+            let killed = kill_pubsub_clients(&mut admin).await;
             assert_eq!(killed, 1, "the hub's subscription");
         }
     }
