@@ -28,7 +28,10 @@ pub fn channel_user(channel: &str) -> Option<UserId> {
     channel.strip_prefix(CHANNEL_PREFIX)?.parse().ok()
 }
 
-/// The Redis keys of the notifications of one event stream.
+/// The Redis keys of the notifications of one event stream. A user's keys carry the
+/// user's channel name as their hash tag (`keel:<stream>:notify:{notify.user.<id>}:…`),
+/// so that on a Redis Cluster they and the channel live in one slot, as a script that
+/// touches them and publishes on the channel requires.
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
@@ -41,25 +44,41 @@ impl Keys {
         }
     }
 
-    /// The current epoch (see the crate documentation).
-    pub fn epoch(&self) -> String {
-        format!("{}epoch", self.prefix)
+    fn of_user(&self, user: UserId, what: &str) -> String {
+        format!("{}{{{}}}:{what}", self.prefix, channel(user))
+    }
+
+    /// The user's current epoch (see the crate documentation).
+    pub fn epoch(&self, user: UserId) -> String {
+        self.of_user(user, "epoch")
     }
 
     /// The user's history: a Redis stream of `n` → notification JSON (without offset).
     pub fn history(&self, user: UserId) -> String {
-        format!("{}history:{user}", self.prefix)
+        self.of_user(user, "history")
     }
 
     /// The ids of the user's latest notifications, scored by event position.
     pub fn seen(&self, user: UserId) -> String {
-        format!("{}seen:{user}", self.prefix)
+        self.of_user(user, "seen")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_users_keys_hash_with_the_users_channel() {
+        let (keys, user) = (Keys::of("EVENTS"), UserId::new());
+        let tag = format!("{{{}}}", channel(user));
+        for key in [keys.epoch(user), keys.history(user), keys.seen(user)] {
+            assert!(key.starts_with("keel:EVENTS:notify:"), "{key}");
+            // Redis Cluster hashes only the first `{…}` of a key: the channel's name.
+            assert_eq!(key.find('{'), key.find(&tag), "{key}");
+            assert_eq!(key.matches('{').count(), 1, "{key}");
+        }
+    }
 
     #[test]
     fn channels_name_their_user() {

@@ -5,12 +5,16 @@
 //! `notify.user.<user_id>` and appends it to that user's history, a Redis stream. Both
 //! happen in one Redis script, which also assigns the notification's **offset**:
 //! `<epoch>.<entry id>`, where the entry id is the history stream's (`<ms>-<seq>`, so it
-//! increases per user) and the epoch names the life of the Redis data set. When Redis
-//! loses its data a new epoch starts, and an offset of the old one is known to be
-//! unrecoverable rather than silently taken as complete.
+//! increases per user) and the epoch names the life of the user's keys in Redis. When
+//! Redis loses them (its data, or the user's keys expired) a new epoch starts, and an
+//! offset of the old one is known to be unrecoverable rather than silently taken as
+//! complete.
 //!
 //! Keys are namespaced by the JetStream stream (`keel:<stream>:notify:…`), like the UI
-//! cache, so systems and tests that use different streams never share a history. The
+//! cache, so systems and tests that use different streams never share a history, and a
+//! user's keys carry the user's channel as their hash tag
+//! (`keel:<stream>:notify:{notify.user.<id>}:epoch|history|seen`), so that the script
+//! that writes them and publishes on the channel touches one Redis Cluster slot. The
 //! channel name is the contract's and is not namespaced; user ids are UUIDs.
 //!
 //! - [`keys`]: the user channels, the keys of one event stream, how much they keep.

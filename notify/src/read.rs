@@ -88,7 +88,7 @@ impl Reader {
         entries: bool,
     ) -> Result<Reply, redis::RedisError> {
         self.script
-            .key(self.keys.epoch())
+            .key(self.keys.epoch(user))
             .key(self.keys.history(user))
             .arg(delivered.epoch.as_deref().unwrap_or(""))
             .arg(delivered.entry.to_string())

@@ -29,6 +29,7 @@ if excess > 0 then
     redis.call('XDEL', KEYS[2], entry[1])
   end
 end
+redis.call('EXPIRE', KEYS[1], ARGV[8])
 redis.call('EXPIRE', KEYS[2], ARGV[8])
 redis.call('EXPIRE', KEYS[3], ARGV[8])
 local offset = epoch .. '.' .. id
@@ -61,10 +62,10 @@ impl Publisher {
     ) -> Result<Option<Offset>, redis::RedisError> {
         let user = addressed.recipient;
         self.script
-            .key(self.keys.epoch())
+            .key(self.keys.epoch(user))
             .key(self.keys.history(user))
             .key(self.keys.seen(user))
-            // The epoch Redis takes if it has none (it is new, or lost its data): fresh
+            // The epoch the user's keys take if they have none (new, or lost): fresh
             // each time, so that a loss is never mistaken for the life before it.
             .arg(new_epoch())
             .arg(addressed.notification.id.to_string())
