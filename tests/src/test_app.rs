@@ -308,3 +308,23 @@ pub fn mint(request: TokenRequest) -> String {
         .mint(&request)
         .expect("the dev issuer mints tokens")
 }
+
+/// Comments `body` on `post` as the holder of `token`, through the API at `base_url`
+/// (for writer tasks, which own a client rather than the app); the comment must be
+/// accepted.
+pub async fn comment_as(
+    client: &reqwest::Client,
+    base_url: &str,
+    post: Uuid,
+    token: &str,
+    body: &str,
+) {
+    let response = client
+        .post(format!("{base_url}/api/posts/{post}/comments"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "body": body }))
+        .send()
+        .await
+        .expect("the API answers");
+    assert_eq!(response.status(), 201, "commenting");
+}

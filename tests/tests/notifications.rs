@@ -13,7 +13,7 @@ use keel_tests::notifications::{
 };
 use keel_tests::principals::Principal;
 use keel_tests::redis_server::RedisServer;
-use keel_tests::test_app::{mint, test_config};
+use keel_tests::test_app::{comment_as, mint, test_config};
 use keel_tests::worker_process::WorkerProcess;
 use keel_tests::{JwksServer, TestApp, eventually, fresh_database};
 use notify::HISTORY_LEN;
@@ -254,20 +254,10 @@ async fn relays_killed_mid_stream_deliver_every_notification_exactly_once_in_ord
     let mut writers = Vec::new();
     for w in 0..WRITERS {
         let (_, token) = app.register(&format!("Writer {w}")).await;
-        let (client, url) = (
-            app.client.clone(),
-            app.url(&format!("/api/posts/{post}/comments")),
-        );
+        let (client, base) = (app.client.clone(), app.base_url.clone());
         writers.push(tokio::spawn(async move {
             for i in 0..PER_WRITER {
-                let response = client
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .json(&json!({ "body": format!("comment {w}.{i}") }))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(response.status(), 201);
+                comment_as(&client, &base, post, &token, &format!("comment {w}.{i}")).await;
             }
         }));
     }

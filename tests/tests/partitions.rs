@@ -12,10 +12,9 @@ use keel_tests::notifications::{Connect, assert_each_comment_once, connect, posi
 use keel_tests::principals::Principal;
 use keel_tests::projections::{assert_live_equals_rebuilt, caught_up, partition_owners, seed_blog};
 use keel_tests::stream::messages;
-use keel_tests::test_app::test_config;
+use keel_tests::test_app::{comment_as, test_config};
 use keel_tests::worker_process::WorkerProcess;
 use keel_tests::{JwksServer, TestApp, eventually, fresh_database};
-use serde_json::json;
 
 /// A test app whose stream has `partitions` partitions.
 async fn app_with(partitions: u32) -> TestApp {
@@ -253,14 +252,7 @@ async fn relays_share_the_partitions_and_a_killed_one_loses_and_duplicates_no_no
             for i in 0..PER_WRITER {
                 pace.tick().await;
                 let post = posts[(w + i) % POSTS];
-                let response = client
-                    .post(format!("{base}/api/posts/{post}/comments"))
-                    .bearer_auth(&token)
-                    .json(&json!({ "body": format!("comment {w}.{i}") }))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(response.status(), 201);
+                comment_as(&client, &base, post, &token, &format!("comment {w}.{i}")).await;
             }
         }));
     }
