@@ -124,24 +124,26 @@ impl Settings {
         .await?)
     }
 
-    /// Connects to NATS (retried in the background while it is away) for JetStream, and
-    /// checks that the stream, if it exists already, has the configured partitions
-    /// (waiting a few seconds at most when NATS is away).
+    /// Connects to NATS (retried in the background while it is away) for JetStream.
     pub async fn jetstream(&self, ca: &PrivateCa) -> Result<jetstream::Context, ConnectError> {
         let nats = crate::nats::connect(ca.nats(), &self.nats_url, self.nats_creds.as_deref())
             .await
             .map_err(ConnectError::Nats)?;
-        let context = jetstream::new(nats);
-        if let Some(recorded) = recorded_partitions(&context, &self.stream).await
-            && recorded != self.partitions
-        {
-            return Err(ConnectError::Partitions {
+        Ok(jetstream::new(nats))
+    }
+
+    /// A consumer's start: fails if the stream exists already with other partitions than
+    /// configured (waiting a few seconds at most when NATS is away). Publishers check
+    /// when they provision the stream (`publisher::EventStream`), so they do not call it.
+    pub async fn check_partitions(&self, context: &jetstream::Context) -> Result<(), ConnectError> {
+        match recorded_partitions(context, &self.stream).await {
+            Some(recorded) if recorded != self.partitions => Err(ConnectError::Partitions {
                 stream: self.stream.clone(),
                 recorded,
                 configured: self.partitions,
-            });
+            }),
+            _ => Ok(()),
         }
-        Ok(context)
     }
 
     /// A Redis client (it connects when first used).

@@ -38,16 +38,20 @@ use bus::{DeadLetterQueue, partitioned};
 use events::partitions::Partitions;
 use events::read_model::Projection;
 use events::settings::ConnectError;
+use events::tls::PrivateCa;
 
 /// Connections per process: one per projection's batch, plus idle checkpoints.
 pub const POOL_SIZE: u32 = 8;
 
 /// Opens the database (created and migrated if needed) and the cache.
 pub async fn open(config: &Config) -> Result<(PgPool, UiCache), ConnectError> {
+    open_with(config, &config.connections.private_ca()?).await
+}
+
+async fn open_with(config: &Config, ca: &PrivateCa) -> Result<(PgPool, UiCache), ConnectError> {
     let settings = &config.connections;
-    let ca = settings.private_ca()?;
     let pool = settings.database(POOL_SIZE).await?;
-    let redis = settings.redis(&ca)?;
+    let redis = settings.redis(ca)?;
     Ok((pool, UiCache::new(redis, settings.stream.clone())))
 }
 
@@ -60,10 +64,12 @@ pub struct Workers {
 /// Opens Postgres, NATS (retried in the background while it is away) and Redis, and
 /// prepares a projector per projection in `projections`.
 pub async fn build(config: &Config, projections: &[Projection]) -> Result<Workers, ConnectError> {
-    let (pool, cache) = open(config).await?;
-    let cache = Arc::new(cache);
     let settings = &config.connections;
-    let jetstream = settings.jetstream(&settings.private_ca()?).await?;
+    let ca = settings.private_ca()?;
+    let (pool, cache) = open_with(config, &ca).await?;
+    let cache = Arc::new(cache);
+    let jetstream = settings.jetstream(&ca).await?;
+    settings.check_partitions(&jetstream).await?;
     let projectors = projections
         .iter()
         .map(|projection| Projector {

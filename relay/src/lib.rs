@@ -140,9 +140,11 @@ pub async fn build(config: &Config) -> Result<Relay, StartError> {
             .set_response_timeout(Some(Duration::from_secs(2))),
     )
     .map_err(StartError::Redis)?;
+    let jetstream = settings.jetstream(&ca).await?;
+    settings.check_partitions(&jetstream).await?;
     Ok(Relay {
         pool,
-        jetstream: settings.jetstream(&ca).await?,
+        jetstream,
         redis,
         publisher: notify::Publisher::new(&settings.stream),
         stream: settings.stream.clone(),
